@@ -1,0 +1,114 @@
+"""The `vaelab` command end to end: outputs, refusals in one line, earlier runs left intact."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vaelab.cli import main
+from vaelab.config import ModelConfig
+from vaelab.evaluate import negative_elbo
+from vaelab.models import VAE
+
+TINY = ["--dataset", "idx", "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
+
+
+def run_ok(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def run_refused(argv, capsys, match):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], captured.err
+    return lines[0]
+
+
+def test_train_writes_every_output_and_sample_reads_the_run(tiny_idx_dir, tmp_path, capsys):
+    data_dir, out = tiny_idx_dir(n_train=32, n_test=8), tmp_path / "run"
+    out_text = run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    assert "test -ELBO" in out_text
+    for name in ("config.json", "command.txt", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png", "loss.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for target in (out, out / "checkpoint.pt"):
+        picture = tmp_path / f"new-{target.name}.png"
+        run_ok(["sample", "--checkpoint", str(target), "--n", "9", "--out", str(picture)], capsys)
+        assert picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_existing_run_is_refused_and_left_intact(tiny_idx_dir, tmp_path, capsys):
+    data_dir, out = tiny_idx_dir(n_train=16, n_test=8), tmp_path / "run"
+    run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    run_refused(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out)], capsys, "already holds a run")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out), "--overwrite"], capsys)
+
+
+def test_resume_trains_on_to_the_new_total(tiny_idx_dir, tmp_path, capsys):
+    data_dir, out = tiny_idx_dir(n_train=16, n_test=8), tmp_path / "run"
+    run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    run_refused(["train", "--out", str(out), "--resume"], capsys, "already finished 1 epochs")
+    run_refused(["train", "--out", str(out), "--resume", "--epochs", "2", "--lr", "0.5"], capsys, "--lr")
+    run_ok(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"], capsys)
+    with open(out / "metrics.csv") as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--epochs", "0"], "--epochs must be >= 1"),
+        (["train", "--latent-dim", "0"], "--latent-dim must be >= 1"),
+        (["train", "--dataset", "idx"], "--data-dir"),
+        (["train", "--resume"], "--resume needs --out"),
+        (["sample", "--checkpoint", "/nonexistent", "--out", "x.png"], "no checkpoint at /nonexistent"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(argv, match, capsys):
+    run_refused(argv, capsys, match)
+
+
+def test_batch_larger_than_the_data_is_refused(tiny_idx_dir, tmp_path, capsys):
+    data_dir = tiny_idx_dir(n_train=16, n_test=8)
+    argv = ["train", *TINY, "--data-dir", str(data_dir), "--out", str(tmp_path / "r"), "--batch-size", "64"]
+    run_refused(argv, capsys, "--batch-size 64 exceeds the 16 training images")
+
+
+def test_unwritable_output_directory_is_refused(tiny_idx_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    data_dir = tiny_idx_dir(n_train=16, n_test=8)
+    run_refused(["train", *TINY, "--data-dir", str(data_dir), "--out", str(blocker / "run")], capsys, "cannot write to")
+
+
+def test_help_names_every_default():
+    result = subprocess.run([sys.executable, "-m", "vaelab", "train", "--help"], capture_output=True, text=True, check=True)
+    text = " ".join(result.stdout.split())
+    for default in ("(default: 10)", "(default: 128)", "(default: 0.001)", "(default: 20)", "(default: 400)", "(default: 1)", "(default: mnist)"):
+        assert default in text
+
+
+@pytest.mark.slow
+def test_short_real_mnist_training_through_the_cli(tmp_path, capsys):
+    """A few hundred real MNIST images: the outputs exist and the test loss falls below the untrained model's."""
+    out = tmp_path / "run"
+    run_ok(["train", "--train-size", "512", "--test-size", "256", "--epochs", "2", "--out", str(out), "--no-progress"], capsys)
+    with open(out / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    from vaelab.data import load_dataset, pixels
+
+    test_x = pixels(load_dataset("mnist").test.images[:256])
+    torch.manual_seed(1)
+    untrained = sum(negative_elbo(VAE(ModelConfig()), test_x, seed=1))
+    losses = [float(row["test_loss"]) for row in rows]
+    assert losses[1] < losses[0] < untrained
+    assert all((out / name).is_file() for name in ("samples.png", "reconstructions.png", "loss.png", "checkpoint.pt"))

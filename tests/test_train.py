@@ -1,0 +1,90 @@
+"""The training loop's behaviour on tiny synthetic data: it learns, it checkpoints, it resumes."""
+
+import pytest
+import torch
+
+from vaelab import checkpoint
+from vaelab.config import ModelConfig, TrainConfig
+from vaelab.errors import VaelabError
+from vaelab.evaluate import negative_elbo
+from vaelab.models import VAE
+from vaelab.train import METRICS_COLUMNS, read_metrics, train
+
+SMALL = ModelConfig(input_dim=16, hidden=12, latent_dim=2)
+
+
+def prototypes(n, seed=0):
+    """Binary 16-pixel images: noisy copies of two prototypes, so a 2-D latent can explain them."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.tensor([[1.0] * 8 + [0.0] * 8, [0.0] * 8 + [1.0] * 8])
+    which = torch.randint(0, 2, (n,), generator=generator)
+    flips = torch.rand(n, 16, generator=generator) < 0.05
+    return (base[which] + flips).remainder(2)
+
+
+def config(**changes):
+    return TrainConfig(**{"model": SMALL, "epochs": 2, "batch_size": 16, "lr": 1e-2, **changes})
+
+
+def test_training_lowers_the_test_loss_below_the_untrained_model():
+    train_x, test_x = prototypes(256), prototypes(64, seed=1)
+    torch.manual_seed(1)
+    untrained = sum(negative_elbo(VAE(SMALL), test_x, seed=1))
+    result = train(config(epochs=5), train_x, test_x, progress=False)
+    losses = [row["test_loss"] for row in result.history]
+    assert losses[-1] < losses[0] < untrained
+    assert losses[-1] < 0.5 * untrained
+
+
+def test_a_training_step_changes_the_weights_and_evaluation_does_not():
+    train_x, test_x = prototypes(32), prototypes(16, seed=1)
+    torch.manual_seed(1)
+    before = {name: value.clone() for name, value in VAE(SMALL).state_dict().items()}
+    model = train(config(epochs=1), train_x, test_x, progress=False).model
+    after = {name: value.clone() for name, value in model.state_dict().items()}
+    assert all(not torch.equal(before[name], after[name]) for name in before)
+    rng = torch.get_rng_state()
+    negative_elbo(model, test_x, seed=3)
+    assert all(torch.equal(after[name], value) for name, value in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_writes_metrics_and_a_loadable_checkpoint(tmp_path):
+    result = train(config(), prototypes(64), prototypes(16, seed=1), tmp_path, progress=False)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert (tmp_path / "metrics.csv").read_text().startswith("epoch,train_loss,test_loss,test_rec,test_kl,seconds")
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for row, remembered in zip(rows, result.history):
+        assert set(row) == set(METRICS_COLUMNS)
+        assert row["test_loss"] == pytest.approx(row["test_rec"] + row["test_kl"], abs=1e-5)
+        assert row["test_loss"] == pytest.approx(remembered["test_loss"], abs=1e-5)
+    state = checkpoint.load(tmp_path)
+    assert state["epoch"] == 2 and state["step"] == 0
+    model = VAE(SMALL)
+    model.load_state_dict(state["model"])
+    assert torch.equal(model.fc4.weight, result.model.fc4.weight)
+
+
+@pytest.mark.parametrize("binarize", ["none", "dynamic"])
+def test_resume_at_an_epoch_boundary_is_exact(tmp_path, binarize):
+    train_x, test_x = torch.rand(64, 16), torch.rand(16, 16)
+    straight = train(config(epochs=3, binarize=binarize), train_x, test_x, tmp_path / "a", progress=False)
+    train(config(epochs=1, binarize=binarize), train_x, test_x, tmp_path / "b", progress=False)
+    state = checkpoint.load(tmp_path / "b")
+    resumed = train(config(epochs=3, binarize=binarize), train_x, test_x, tmp_path / "b", resume_state=state, progress=False)
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    assert [row["train_loss"] for row in straight.history] == [row["train_loss"] for row in resumed.history]
+
+
+def test_batch_larger_than_the_data_is_refused():
+    with pytest.raises(VaelabError, match="--batch-size 128 exceeds the 10 training images"):
+        train(config(batch_size=128), prototypes(10), prototypes(4), progress=False)
+
+
+def test_resuming_another_architecture_is_refused(tmp_path):
+    train(config(epochs=1), prototypes(32), prototypes(8), tmp_path, progress=False)
+    state = checkpoint.load(tmp_path)
+    other = config(model=ModelConfig(input_dim=16, hidden=5, latent_dim=2))
+    with pytest.raises(VaelabError, match="another architecture"):
+        train(other, prototypes(32), prototypes(8), tmp_path, resume_state=state, progress=False)
