@@ -112,3 +112,9 @@ def test_short_real_mnist_training_through_the_cli(tmp_path, capsys):
     losses = [float(row["test_loss"]) for row in rows]
     assert losses[1] < losses[0] < untrained
     assert all((out / name).is_file() for name in ("samples.png", "reconstructions.png", "loss.png", "checkpoint.pt"))
+
+
+def test_data_info_shows_the_cache_and_fetch_refuses_without_a_source(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "cache"))
+    out = run_ok(["data", "info"], capsys)
+    assert str(tmp_path / "cache") in out and "mnist" in out and "fashion-mnist" in out

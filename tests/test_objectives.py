@@ -18,7 +18,15 @@ from vaelab.objectives import (
     log_standard_normal,
 )
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """These checks compare against exact values: float64 here, and the default restored after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def linear_gaussian(d=3, p=5, sigma=0.7, seed=0):

@@ -8,9 +8,12 @@ Reading uses `torch.load(weights_only=True)`: a file that would need arbitrary p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ def save(state: dict[str, Any], path: str | Path) -> None:
     """Write `state` to `path` atomically (temporary file, fsync, rename, fsync of the directory)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _remove_stale_temporaries(path)
     try:
         with open(temporary, "wb") as file:
             torch.save({**state, "format_version": FORMAT_VERSION}, file)
@@ -44,8 +48,11 @@ def save(state: dict[str, Any], path: str | Path) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise VaelabError(f"cannot write checkpoint {path}: {error}; check the directory is writable and has space") from None
+        _discard(temporary)
+        raise VaelabError(f"cannot write checkpoint {path}: {error.strerror or error}; check the directory is writable and has space") from None
+    except BaseException:  # e.g. a second Ctrl-C inside torch.save: leave no partial file behind
+        _discard(temporary)
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
@@ -53,20 +60,58 @@ def save(state: dict[str, Any], path: str | Path) -> None:
         os.close(directory)
 
 
+def _discard(temporary: Path) -> None:
+    with contextlib.suppress(OSError):
+        temporary.unlink()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.NAME.PID.tmp` files left by writers that died (kill -9, power loss) mid-save.
+
+    A temporary file is never read as a checkpoint, but they would pile up; one whose process
+    is still alive on this machine is left alone.
+    """
+    with contextlib.suppress(OSError):  # tidying only; the save itself reports a directory it cannot use
+        for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+            pid = temporary.name[len(path.name) + 2 : -len(".tmp")]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+                _discard(temporary)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        pass
+    return True
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save`; refuse anything that is not plain tensors and containers."""
     path = resolve(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about unusual pickle protocols before refusing them; the refusal says it all.
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # The weights-only unpickler refuses any global outside its allowlist before calling it.
+        reason = re.search(r"unsupported (?:global: )?GLOBAL [\w.]+|Unsupported operand \d+", str(error), re.IGNORECASE)
         raise VaelabError(
-            f"refused to load {path}: it holds objects other than tensors and plain containers "
-            f"({first_line}); only load checkpoints written by vaelab"
+            f"refused to load {path}: it holds something other than tensors and plain containers"
+            f"{f' ({reason.group(0)})' if reason else ''}, so loading it could run code, or it is damaged; "
+            f"only load checkpoints written by vaelab"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise VaelabError(f"cannot read checkpoint {path}: {error}; the file is damaged or not a vaelab checkpoint") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    except Exception as error:  # a damaged archive fails in many ways (RuntimeError, KeyError, IndexError, ...)
+        message = str(error).strip().split("\n")[0].split(". ")[0]
+        detail = "the file is empty" if path.stat().st_size == 0 else f"{type(error).__name__}: {message}"
+        raise VaelabError(
+            f"cannot read checkpoint {path} ({detail}); the file is truncated or damaged, "
+            f"or not a vaelab checkpoint; use an intact copy"
+        ) from None
+    if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict)):
         raise VaelabError(f"{path} is not a vaelab checkpoint (no model weights and config inside)")
     return state
 

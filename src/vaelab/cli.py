@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -82,20 +81,44 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import gc
+    import traceback
+
+    import torch.distributed as dist
+
+    from vaelab.train import setup_distributed
+
+    distributed, device = setup_distributed(args.device or "auto")
+    try:
+        return _train_run(args, distributed, device)
+    except BaseException as error:
+        if dist.is_initialized():
+            # The traceback holds train()'s frame and so the DDP wrapper, which keeps the process
+            # group alive past destroy_process_group; gloo then aborts at exit ("terminate called
+            # without an active exception"). Let them go while the group can still be torn down.
+            traceback.clear_frames(error.__traceback__)
+            gc.collect()
+        raise
+    finally:
+        # Also on an error, so that every rank of a torchrun job exits cleanly instead of aborting.
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     import dataclasses
 
     import torch.distributed as dist
 
     from vaelab import checkpoint, data
     from vaelab.config import TrainConfig, from_dict, save_json
-    from vaelab.train import setup_distributed, train
+    from vaelab.train import check_inputs, train
 
-    distributed, device = setup_distributed(args.device or "auto")
     out = Path(args.out) if args.out else None
     resume_state = None
 
-    # --- decide the run directory and config (rank 0 checks; every rank learns the outcome) ---
-    def prepare() -> tuple[str, dict[str, Any]]:
+    # --- decide the run directory and config: rank 0 checks, every rank takes its answer -------
+    def decide() -> tuple[str, dict[str, Any]]:
         nonlocal resume_state
         if args.resume:
             if out is None:
@@ -106,20 +129,21 @@ def _run_train(args: argparse.Namespace) -> int:
                        if getattr(args, name) is not None and getattr(args, name) != _lookup(base, name)]
             if changed:
                 raise VaelabError(f"--resume continues the saved run; these options differ from it: {', '.join('--' + c.replace('_', '-') for c in changed)}; drop them or start a new --out")
+            missing = [key for key in ("optimizer", "epoch", "step", "generator", "epoch_generator", "running", "rng", "history") if key not in resume_state]
+            if missing:
+                raise VaelabError(f"{out}: the checkpoint lacks {', '.join(missing)}, so it cannot be resumed; start a new --out")
             config = _train_config(args, base)
             done = resume_state["epoch"]
-            if config.epochs <= done and resume_state["step"] == 0:
+            if config.epochs <= done:
                 raise VaelabError(f"{out} has already finished {done} epochs; pass --epochs N with N > {done} to train on")
             run_dir = out
         else:
             config = _train_config(args)
             run_dir = out or Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-            _claim_run_dir(run_dir, overwrite=args.overwrite)
-            save_json(config, run_dir / "config.json")
-            (run_dir / "command.txt").write_text(shlex.join(["vaelab", *sys.argv[1:]]) + "\n")
+            _refuse_existing_run(run_dir, overwrite=args.overwrite)
         return str(run_dir), dataclasses.asdict(config)
 
-    run_dir_name, config_dict = _main_rank_first(prepare, distributed)
+    run_dir_name, config_dict = _main_rank_first(decide, distributed, share=True)
     run_dir = Path(run_dir_name)
     config = from_dict(TrainConfig, config_dict)
     if args.resume and resume_state is None:
@@ -129,6 +153,16 @@ def _run_train(args: argparse.Namespace) -> int:
     dataset = _main_rank_first(lambda: data.load_dataset(config.dataset, config.data_dir), distributed)
     train_x = data.pixels(_first(dataset.train.images, config.train_size))
     test_x = data.pixels(_first(dataset.test.images, config.test_size))
+    check_inputs(config, train_x, test_x)
+
+    # --- only now, with every input checked, touch the run directory --------------------------
+    if not args.resume:
+        def claim() -> None:
+            _claim_run_dir(run_dir, overwrite=args.overwrite)
+            save_json(config, run_dir / "config.json")
+            (run_dir / "command.txt").write_text(shlex.join(["vaelab", *sys.argv[1:]]) + "\n")
+
+        _main_rank_first(claim, distributed, share=True)
     if distributed.is_main:
         print(f"data: {dataset.name} from {dataset.source}: {train_x.shape[0]} training and {test_x.shape[0]} test images")
         print(f"run:  {run_dir}   device: {device}   world size: {distributed.world_size}")
@@ -158,11 +192,17 @@ def _first(tensor: Any, n: int) -> Any:
     return tensor[:n] if n else tensor
 
 
-def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run directory; an existing run is never touched unless --overwrite says so."""
+def _refuse_existing_run(run_dir: Path, overwrite: bool) -> list[str]:
+    """The run outputs already in run_dir; an error if there are some and --overwrite was not given."""
     existing = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if existing and not overwrite:
         raise VaelabError(f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it, --overwrite to replace it, or another --out")
+    return existing
+
+
+def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run directory; an existing run is never touched unless --overwrite says so."""
+    existing = _refuse_existing_run(run_dir, overwrite)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -174,27 +214,32 @@ def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
         (run_dir / name).unlink()
 
 
-def _main_rank_first(make: Callable[[], Any], distributed: Any) -> Any:
-    """Run `make` on rank 0 first; if it fails there, every rank raises the same error."""
+def _main_rank_first(make: Callable[[], Any], distributed: Any, *, share: bool = False) -> Any:
+    """Run `make` on rank 0 first; if it fails there, every rank raises the same error.
+
+    Then the other ranks either take rank 0's value (share=True: decisions such as the run
+    directory, which must not be made twice) or run `make` themselves (share=False: e.g. reading
+    the data set that rank 0 has just put in the cache, too big to broadcast).
+    """
     import torch.distributed as dist
 
     if distributed.world_size == 1:
         return make()
     outcome: list[Any] = [None]
+    value = None
     if distributed.is_main:
         try:
-            outcome = [("ok", make())]
+            value = make()
+            outcome = [("ok", value if share else None)]
         except VaelabError as error:
             outcome = [("error", str(error))]
-        dist.broadcast_object_list(outcome, src=0)
-    else:
-        dist.broadcast_object_list(outcome, src=0)
-        if outcome[0][0] == "ok":
-            outcome = [("ok", make())]
-    status, value = outcome[0]
+    dist.broadcast_object_list(outcome, src=0)
+    status, shared = outcome[0]
     if status == "error":
-        raise VaelabError(value)
-    return value
+        raise VaelabError(shared)
+    if distributed.is_main:
+        return value
+    return shared if share else make()
 
 
 def _write_pictures(model: Any, history: list[dict[str, float]], test_x: Any, run_dir: Path, seed: int) -> None:
@@ -300,8 +345,12 @@ def _run_data_info(args: argparse.Namespace) -> int:
     from vaelab import data
 
     print(f"cache: {data.default_cache_dir()}  (set VAELAB_DATA to move it)")
+    print(f"  {'dataset':<14} {'state':<22} {'MB':>6}  directory")
     for entry in data.info():
-        print("  " + "  ".join(f"{key}={value}" for key, value in entry.items()))
+        state = "verified" if entry["verified"] else (entry["problem"] or "unverified")
+        print(f"  {entry['dataset']:<14} {state:<22.22} {entry['bytes'] / 1e6:6.1f}  {entry['dir']}")
+        if entry["complete"] and not entry["verified"]:
+            print(f"    {entry['problem']}; run `vaelab data fetch --dataset {entry['dataset']}` to rebuild it")
     return 0
 
 

@@ -100,14 +100,20 @@ def build_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> 
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop reads after each step (a second SIGINT aborts)."""
 
+    # torchrun forwards the Ctrl-C that its workers already got from the terminal: a SIGINT this
+    # soon after the first is the same key press, not a second one.
+    REPEAT_AFTER_S = 1.0
+
     def __init__(self) -> None:
         self.requested = False
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if not self.requested:
+            self.requested, self._first_at = True, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first_at > self.REPEAT_AFTER_S:
             raise KeyboardInterrupt
-        self.requested = True
 
     def __enter__(self) -> "_StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -137,6 +143,7 @@ def train(
     checkpoint into `run_dir` (rank 0 only) after every epoch; `resume_state` is a loaded
     checkpoint to continue from. Returns the history in nats per image.
     """
+    check_inputs(config, train_x, test_x)
     device = device or pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -145,10 +152,6 @@ def train(
     if run_dir is not None and distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     n_train = train_x.shape[0]
-    if config.batch_size > n_train:
-        raise VaelabError(f"--batch-size {config.batch_size} exceeds the {n_train} training images; use a smaller batch")
-    if train_x.shape[1] != config.model.input_dim:
-        raise VaelabError(f"the data has {train_x.shape[1]} pixels per image but the model expects {config.model.input_dim}")
 
     # --- setup: model, optimizer, generator (from the checkpoint when resuming) ---------------
     torch.manual_seed(config.seed)
@@ -239,10 +242,11 @@ def train(
                     logits, mu, logvar = ddp_model(x, eps)
                 reconstruction, kl = batch_negative_elbo(logits.float(), x, mu.float(), logvar.float())
                 loss = reconstruction + kl
-                if not torch.isfinite(loss):
+                if _agree(not torch.isfinite(loss).item(), distributed, device):  # every rank stops here
+                    value = loss.item()
                     raise VaelabError(
-                        f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step} (images "
-                        f"{indices[:4].tolist()}...); the last good checkpoint is kept; try a lower --lr "
+                        f"non-finite loss ({value if not math.isfinite(value) else 'on another rank'}) at epoch {epoch}, step {step} (images "
+                        f"{indices[:4].tolist()}...); the last good checkpoint, if any, is kept; try a lower --lr "
                         f"or --detect-anomaly to find the operation"
                     )
                 # --- backward and step: DDP averages gradients, so scale the local sum back up ---
@@ -290,10 +294,37 @@ def train(
                     f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  test {row['test_loss']:8.3f} "
                     f"(rec {test_rec:8.3f} + KL {test_kl:6.3f}) nats/image  {seconds:6.2f} s"
                 )
-            if stop.requested:  # the signal came during the epoch's last step
+            if _agree(stop.requested, distributed, device):  # the signal came during the epoch's last step or its end
                 result.stopped = "interrupted" if epoch < config.epochs else "completed"
                 return result
     return result
+
+
+def check_inputs(config: TrainConfig, train_x: torch.Tensor, test_x: torch.Tensor) -> None:
+    """Refuse data this run cannot use: a batch larger than train_x (N, P), P unlike the model's, pixels outside [0, 1]."""
+    n_train = train_x.shape[0]
+    if config.batch_size > n_train:
+        raise VaelabError(f"--batch-size {config.batch_size} exceeds the {n_train} training images; use a smaller batch")
+    if train_x.shape[1] != config.model.input_dim:
+        raise VaelabError(f"the data has {train_x.shape[1]} pixels per image but the model expects {config.model.input_dim}")
+    _check_pixels(train_x, "training")
+    _check_pixels(test_x, "test")
+
+
+def _check_pixels(x: torch.Tensor, name: str) -> None:
+    """Pixels (N, P) are Bernoulli means, the targets of the cross-entropy: finite and in [0, 1]."""
+    if x.numel() == 0:
+        return
+    low, high = x.aminmax()  # NaN propagates into both
+    if low >= 0 and high <= 1:
+        return
+    outside = ~((x >= 0) & (x <= 1))  # (N, P); True for NaN too
+    image = int(outside.any(dim=1).nonzero()[0])
+    value = x[image][outside[image]][0].item()
+    raise VaelabError(
+        f"{name} image {image} has a pixel value {value} outside [0, 1]; pixels are Bernoulli means: "
+        f"scale them to [0, 1] (0..255 / 255) and remove NaNs"
+    )
 
 
 def _share(batch: torch.Tensor, distributed: Distributed) -> torch.Tensor:
