@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from vaelab import evaluate_cli, laplace_cli
 from vaelab.errors import VaelabError
 
 RUN_OUTPUTS = ("config.json", "command.txt", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png", "loss.png", "eval.json")
@@ -366,23 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample,data,laplace}")
     _add_train(subparsers)
-    _add_optional(subparsers, "vaelab.evaluate_cli")
+    evaluate_cli.add_parser(subparsers)
     _add_sample(subparsers)
     _add_data(subparsers)
-    _add_optional(subparsers, "vaelab.laplace_cli")
+    laplace_cli.add_parser(subparsers)
     return parser
-
-
-def _add_optional(subparsers: Any, module_name: str) -> None:
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        return
-    module.add_parser(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
