@@ -1,0 +1,74 @@
+"""bench/throughput.py: its FLOP count, its baseline's faithfulness, and a tiny end-to-end run.
+
+No timing is asserted: the figures depend on the machine and its load.
+"""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaelab.config import ModelConfig
+from vaelab.data import pixels
+from vaelab.objectives import batch_negative_elbo
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_flops_per_image_counts_forward_and_backward_without_the_pixels_gradient(bench):
+    p, h, d = 784, 400, 20
+    forward = 2 * (p * h + h * 2 * d + d * h + h * p)
+    weight_grads = forward
+    input_grads = 2 * (h * 2 * d + d * h + h * p)  # none for fc1: the data needs no gradient
+    assert bench.train_flops_per_image(ModelConfig()) == forward + weight_grads + input_grads
+    assert len(bench.step_gemms(128)) == 11
+
+
+def test_baseline_dataset_gives_vaelabs_pixels(bench):
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dataset = bench.PerSampleImages(images, torch.arange(5))
+    batch, labels = next(iter(torch.utils.data.DataLoader(dataset, batch_size=5)))
+    assert batch.shape == (5, 1, 28, 28) and batch.dtype == torch.float32
+    assert labels.tolist() == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(batch.view(5, -1), pixels(images), rtol=0, atol=0)
+
+
+def test_baseline_loss_is_vaelabs_negative_elbo(bench):
+    """The template's BCE on sigmoid outputs + KLD equals our logits-based -ELBO sum."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 784, generator=generator, dtype=torch.float64)
+    x = torch.rand(6, 784, generator=generator, dtype=torch.float64)
+    mu, logvar = torch.randn(2, 6, 20, generator=generator, dtype=torch.float64)
+    reconstruction, kl = batch_negative_elbo(logits, x, mu, logvar)
+    expected = bench.template_loss(torch.sigmoid(logits), x, mu, logvar)
+    torch.testing.assert_close(reconstruction + kl, expected, rtol=1e-10, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_quick_run_prints_every_row():
+    completed = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--steps", "2", "--repeats", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    for row in (
+        "torch ", "CPU flags:", "threads:",
+        "matmul roofline fp32", "train: vaelab fp32", "train: vaelab bf16", "train: DataLoader template",
+        "eval: -ELBO", "eval: IWAE-",
+    ):
+        assert row in completed.stdout, f"{row!r} missing from:\n{completed.stdout}"
