@@ -289,7 +289,7 @@ def train(
             if distributed.is_main and run_dir is not None:
                 checkpoint.save(snapshot(epoch, 0, 0.0), checkpoint_path)
                 write_metrics(history, run_dir / METRICS_NAME)
-            if distributed.is_main and progress:
+            if distributed.is_main:  # the per-epoch line, with or without the progress bar
                 tqdm.write(
                     f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  test {row['test_loss']:8.3f} "
                     f"(rec {test_rec:8.3f} + KL {test_kl:6.3f}) nats/image  {seconds:6.2f} s"
