@@ -242,8 +242,8 @@ def train(
                     logits, mu, logvar = ddp_model(x, eps)
                 reconstruction, kl = batch_negative_elbo(logits.float(), x, mu.float(), logvar.float())
                 loss = reconstruction + kl
-                if _agree(not torch.isfinite(loss).item(), distributed, device):  # every rank stops here
-                    value = loss.item()
+                value = loss.item()  # one read of the loss serves the check and the message
+                if _agree(not math.isfinite(value), distributed, device):  # every rank stops here
                     raise VaelabError(
                         f"non-finite loss ({value if not math.isfinite(value) else 'on another rank'}) at epoch {epoch}, step {step} (images "
                         f"{indices[:4].tolist()}...); the last good checkpoint, if any, is kept; try a lower --lr "
