@@ -220,9 +220,10 @@ def _training_result(images: int, seconds: list[float], rooflines: list[float]) 
     }
 
 
-def measure_vaelab_train(options: Options, precision: str = "fp32", threads: int = 0) -> dict[str, Any]:
+def measure_vaelab_train(options: Options, precision: str = "fp32", threads: int = 0, autograd: bool = False) -> dict[str, Any]:
     """vaelab.train.train itself: each window is one train() call of one epoch over --steps
-    batches, timed by its history's seconds (which leave out the per-epoch test pass)."""
+    batches, timed by its history's seconds (which leave out the per-epoch test pass).
+    autograd=True times the reference path (--autograd) instead of the gradient by hand."""
     from vaelab.train import train
 
     _setup(options)
@@ -233,7 +234,8 @@ def measure_vaelab_train(options: Options, precision: str = "fp32", threads: int
     test_x = as_pixels(test_images[: options.batch_size])
     del train_images, test_images
     config = TrainConfig(
-        epochs=1, batch_size=options.batch_size, threads=threads or options.threads, precision=precision, seed=1
+        epochs=1, batch_size=options.batch_size, threads=threads or options.threads, precision=precision, seed=1,
+        autograd=autograd,
     )
     warm_up = min(n_train, 10 * options.batch_size)
     train(config, train_x[:warm_up], test_x, progress=False)
@@ -495,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = roofline["threads"]
     training = [
         ("train: vaelab fp32", in_fresh_process(measure_vaelab_train, options, "fp32")),
-        ("train: vaelab bf16 autocast", in_fresh_process(measure_vaelab_train, options, "bf16")),
+        ("train: vaelab bf16", in_fresh_process(measure_vaelab_train, options, "bf16")),
+        ("train: vaelab fp32 --autograd", in_fresh_process(measure_vaelab_train, options, "fp32", 0, True)),
     ]
     if threads > 1:
         training.append(("train: vaelab fp32, 1 thread", in_fresh_process(measure_vaelab_train, options, "fp32", 1)))
@@ -530,7 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['images_per_s'] / baseline['images_per_s']:.1f}x the DataLoader template's images/s "
             f"(best windows: {result['best_images_per_s'] / baseline['best_images_per_s']:.1f}x)"
         )
-    fp32 = training[0][1]
+    fp32, autograd = training[0][1], training[2][1]
+    print(
+        f"the gradient by hand: {fp32['images_per_s'] / autograd['images_per_s']:.2f}x the images/s of the same "
+        f"training through autograd (--autograd: {100 * autograd['vs_roofline']:.0f} % of the roofline)"
+    )
     print(
         "GFLOP/s counts 2 m k n per GEMM of the step (forward, weight and input gradients, no input gradient for the "
         "pixels; bf16 rows use the same count). A training row's roofline % is the median over its windows of the "

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from vaelab import checkpoint
+from vaelab import backprop as backprop_module
 from vaelab import train as train_module
 from vaelab.cli import main
 from vaelab.config import ModelConfig, TrainConfig
@@ -104,7 +105,8 @@ def stop_at_call(monkeypatch, call):
             signal.raise_signal(signal.SIGTERM)
         return loss(*args)
 
-    monkeypatch.setattr(train_module, "batch_negative_elbo", loss_then_signal)
+    monkeypatch.setattr(train_module, "batch_negative_elbo", loss_then_signal)  # autograd's path
+    monkeypatch.setattr(backprop_module, "batch_negative_elbo", loss_then_signal)  # the path by hand
 
 
 @pytest.mark.parametrize(

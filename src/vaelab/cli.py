@@ -52,6 +52,7 @@ def _add_train(subparsers: Any) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads; 0 = torch's default (default: 0)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 autocast for the matrix products (default: fp32)")
     parser.add_argument("--detect-anomaly", action="store_true", default=None, help="run autograd's anomaly detection (slow; for finding where a NaN starts)")
+    parser.add_argument("--autograd", action="store_true", default=None, help="compute the gradient with autograd instead of the faster one written out by hand (same result to rounding; torchrun and --detect-anomaly always use autograd)")
     parser.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps inside an epoch; 0 = only at epoch ends (default: 0)")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint up to --epochs in total")
@@ -71,7 +72,7 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
     fields = {
         name: getattr(args, name)
         for name in ("dataset", "data_dir", "epochs", "batch_size", "lr", "seed", "binarize", "train_size",
-                     "test_size", "device", "threads", "precision", "detect_anomaly", "checkpoint_every")
+                     "test_size", "device", "threads", "precision", "detect_anomaly", "autograd", "checkpoint_every")
         if given(name)
     }
     model_fields = {name: getattr(args, name) for name in ("latent_dim", "hidden") if given(name)}

@@ -57,6 +57,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch's default (one per core)
     precision: str = "fp32"
     detect_anomaly: bool = False
+    autograd: bool = False  # gradients by autograd instead of vaelab.backprop (always so under torchrun)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = once per epoch
 
     def __post_init__(self) -> None:

@@ -1,10 +1,12 @@
 """The training loop: one visible loop over epochs and batches; returns the history.
 
-Batches are sliced from float tensors that already live on the device (no per-sample
+Batches are gathered from float tensors that already live on the device (no per-sample
 DataLoader), losses accumulate on the device, and every random draw (shuffling, dynamic
 binarization, the reparameterization noise) comes from one seeded generator whose state is
-checkpointed, so `--resume` continues bit-for-bit. Under torchrun each rank takes its share of
-every global batch; the gradients are averaged by DistributedDataParallel.
+checkpointed, so `--resume` continues bit-for-bit. One process computes the gradient with
+`vaelab.backprop` (written out by hand, straight into preallocated gradients); under torchrun
+each rank takes its share of every global batch and autograd + DistributedDataParallel average
+the gradients, as they do under --detect-anomaly.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from vaelab import checkpoint
+from vaelab import backprop, checkpoint
 from vaelab.config import TrainConfig, to_dict
 from vaelab.errors import VaelabError
 from vaelab.evaluate import negative_elbo
@@ -191,7 +193,16 @@ def train(
 
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     latent_dim = config.model.latent_dim
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    compute_dtype = torch.bfloat16 if config.precision == "bf16" else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype is not None)
+    # The hand-written gradient needs no graph; DDP and anomaly detection hook into autograd's.
+    by_hand = distributed.world_size == 1 and not (config.autograd or config.detect_anomaly)
+    if by_hand:  # the gradients stay in place from step to step, overwritten; Adam reads .grad
+        parameters = backprop.parameters(model)
+        weights = tuple(parameter.detach() for parameter in parameters)
+        for parameter in parameters:
+            parameter.grad = torch.zeros_like(parameter)
+        grads = tuple(parameter.grad for parameter in parameters)
     anomaly = torch.autograd.detect_anomaly() if config.detect_anomaly else contextlib.nullcontext()
     result = TrainResult(model=model, history=history, checkpoint_path=checkpoint_path)
 
@@ -231,16 +242,19 @@ def train(
             for step in bar:
                 # --- batch: the global batch is drawn identically on every rank; each takes a share
                 indices = permutation[step * config.batch_size : (step + 1) * config.batch_size]
-                x = train_x[indices]  # (B, P)
+                x = train_x.index_select(0, indices)  # (B, P); 5x faster than train_x[indices] on CPU
                 eps = torch.randn(x.shape[0], latent_dim, generator=generator, device=device)  # (B, D)
                 if config.binarize == "dynamic":
                     x = torch.bernoulli(x, generator=generator)
                 if distributed.world_size > 1:
                     x, eps = _share(x, distributed), _share(eps, distributed)
-                # --- forward ------------------------------------------------------------------
-                with autocast:
-                    logits, mu, logvar = ddp_model(x, eps)
-                reconstruction, kl = batch_negative_elbo(logits.float(), x, mu.float(), logvar.float())
+                # --- forward (and, by hand, the gradient) -----------------------------------
+                if by_hand:
+                    reconstruction, kl = backprop.negative_elbo_gradients(weights, x, eps, grads, compute_dtype)
+                else:
+                    with autocast:
+                        logits, mu, logvar = ddp_model(x, eps)
+                    reconstruction, kl = batch_negative_elbo(logits.float(), x, mu.float(), logvar.float())
                 loss = reconstruction + kl
                 value = loss.item()  # one read of the loss serves the check and the message
                 if _agree(not math.isfinite(value), distributed, device):  # every rank stops here
@@ -250,8 +264,9 @@ def train(
                         f"or --detect-anomaly to find the operation"
                     )
                 # --- backward and step: DDP averages gradients, so scale the local sum back up ---
-                optimizer.zero_grad(set_to_none=True)
-                (loss * distributed.world_size).backward()
+                if not by_hand:
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss * distributed.world_size).backward()
                 optimizer.step()
                 # --- log: sums stay on the device; the bar reads them only now and then -------
                 running += torch.stack((reconstruction.detach(), kl.detach())).double()

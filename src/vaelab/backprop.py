@@ -1,0 +1,108 @@
+"""The -ELBO's gradient for the sheet's MLP VAE, written out by hand: training's fast path.
+
+Autograd records a graph, allocates every gradient afresh and walks the graph back through
+some forty small nodes each step; on a 2-core CPU that bookkeeping costs about as much as a
+fifth of the step's matrix products. The gradient of this model is short enough to write
+down (docs/derivations.md, "The gradient by hand"), so training computes it directly: the same
+GEMMs autograd would run, in-place activations, and the gradients written straight into
+preallocated `.grad` tensors that the fused Adam step then reads. `tests/test_backprop.py`
+holds it to autograd in float64.
+
+Autograd stays the reference: `vaelab.train` uses it under torchrun (DistributedDataParallel
+hooks into autograd) and with --detect-anomaly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vaelab.models import VAE
+from vaelab.objectives import batch_negative_elbo
+
+# ReLU's backward (autograd's own kernel): passes the gradient where the activation is > 0.
+# One fused pass; `grad * (h > 0)` costs a bool tensor and a type promotion, 7x slower here.
+_relu_backward = torch.ops.aten.threshold_backward
+
+
+def parameters(model: VAE) -> tuple[torch.Tensor, ...]:
+    """The eight weight tensors in the order `negative_elbo_gradients` takes them:
+    W1 (H, P), b1 (H,), W2 (2D, H), b2 (2D,), W3 (H, D), b3 (H,), W4 (P, H), b4 (P,)."""
+    return tuple(
+        tensor
+        for layer in (model.fc1, model.fc2, model.fc3, model.fc4)
+        for tensor in (layer.weight, layer.bias)
+    )
+
+
+def negative_elbo_gradients(
+    weights: tuple[torch.Tensor, ...],
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    grads: tuple[torch.Tensor, ...],
+    compute_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-ELBO summed over the batch, and its gradient with respect to every weight.
+
+    weights: `parameters(model)`, detached; x (B, P) pixels in [0, 1]; eps (B, D) ~ N(0, I), the
+    reparameterization noise. Writes d(reconstruction + KL)/d(weight) into `grads` (same shapes
+    as `weights`, overwritten, not accumulated) and returns (reconstruction, KL): two scalars,
+    nats summed over the batch, exactly `VAE.forward` followed by `batch_negative_elbo`.
+    `compute_dtype` (e.g. torch.bfloat16) runs the matrix products in that type, as autocast
+    would; the loss, the latent code and the gradients stay in x's type.
+    """
+    g_w1, g_b1, g_w2, g_b2, g_w3, g_b3, g_w4, g_b4 = grads
+    dtype = compute_dtype or x.dtype
+
+    def low(tensor: torch.Tensor) -> torch.Tensor:  # operand of a matrix product
+        return tensor.to(dtype)
+
+    w1, b1, w2, b2, w3, b3, w4, b4 = (low(w) for w in weights)
+    latent_dim = eps.shape[1]
+
+    # --- forward (VAE.forward) --------------------------------------------------------------
+    x_low = low(x)
+    h1 = torch.addmm(b1, x_low, w1.t()).relu_()  # (B, H)
+    encoded = torch.addmm(b2, h1, w2.t()).to(x.dtype)  # (B, 2D)
+    mu, logvar = encoded[:, :latent_dim], encoded[:, latent_dim:]
+    sigma = torch.exp(0.5 * logvar)  # (B, D)
+    z = torch.addcmul(mu, sigma, eps)  # (B, D), paper eq. 10
+    z_low = low(z)
+    h3 = torch.addmm(b3, z_low, w3.t()).relu_()  # (B, H)
+    logits = torch.addmm(b4, h3, w4.t()).to(x.dtype)  # (B, P)
+    reconstruction, kl = batch_negative_elbo(logits, x, mu, logvar)
+
+    # --- backward: d/d(logits) of the summed BCE is sigmoid(logits) - x ---------------------
+    d_logits = torch.sigmoid(logits).sub_(x)  # (B, P)
+    d_logits_low = low(d_logits)
+    _mm_into(g_w4, d_logits_low.t(), h3)
+    torch.sum(d_logits, dim=0, out=g_b4)
+    d_a3 = _relu_backward(d_logits_low.mm(w4), h3, 0)  # (B, H)
+    _mm_into(g_w3, d_a3.t(), z_low)
+    _sum_into(g_b3, d_a3)
+    d_z = d_a3.mm(w3).to(x.dtype)  # (B, D)
+    # through z = mu + sigma * eps and the KL's 1/2 (mu^2 + sigma^2 - 1 - logvar):
+    # d/d(mu) = d_z + mu, d/d(logvar) = (d_z * eps * sigma + sigma^2 - 1) / 2
+    d_encoded = torch.cat((d_z + mu, (d_z * eps * sigma + sigma.square() - 1.0) * 0.5), dim=1)  # (B, 2D)
+    d_encoded_low = low(d_encoded)
+    _mm_into(g_w2, d_encoded_low.t(), h1)
+    torch.sum(d_encoded, dim=0, out=g_b2)
+    d_a1 = _relu_backward(d_encoded_low.mm(w2), h1, 0)  # (B, H)
+    _mm_into(g_w1, d_a1.t(), x_low)  # no gradient for the pixels themselves
+    _sum_into(g_b1, d_a1)
+    return reconstruction.detach(), kl.detach()
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out = a @ b, written in place (cast back when the product ran in a lower precision)."""
+    if a.dtype == out.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(torch.mm(a, b))
+
+
+def _sum_into(out: torch.Tensor, rows: torch.Tensor) -> None:
+    """out = rows (B, n) summed over the batch, accumulated in out's type."""
+    if rows.dtype == out.dtype:
+        torch.sum(rows, dim=0, out=out)
+    else:
+        out.copy_(rows.sum(dim=0, dtype=out.dtype))
