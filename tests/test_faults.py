@@ -245,6 +245,28 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     assert all(torch.isfinite(value).all() for value in state["model"].values())
 
 
+@pytest.mark.parametrize("checkpoint_every", [0, 3])
+def test_on_an_accelerator_the_loss_is_read_every_few_steps_and_always_before_a_save(tmp_path, monkeypatch, checkpoint_every):
+    """The accelerators' cadence, run on the CPU: reads every 4 steps and before each save; the
+    error names the unread steps, and every checkpoint written holds finite weights."""
+    monkeypatch.setattr(train_module, "LOSS_READ_EVERY", {"cpu": 4})
+    saved = []
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda state, path: (real_save(state, path), saved.append(state)))
+    config = TrainConfig(model=ModelConfig(input_dim=16, hidden=8, latent_dim=2), epochs=1, batch_size=8, lr=1e3,
+                         checkpoint_every=checkpoint_every)
+    train_x = torch.rand(160, 16, generator=torch.Generator().manual_seed(0))  # 20 steps
+    with pytest.raises(VaelabError, match=r"non-finite loss \((nan|inf)\) at epoch 1, (one of steps|step) (\d+)") as raised:
+        train(config, train_x, train_x[:8], tmp_path, progress=False)
+    first, last = map(int, re.search(r"steps? (\d+)(?:-(\d+))?", str(raised.value)).groups(default="-1"))
+    last = first if last == -1 else last
+    reads_at = {step for step in range(20) if (step + 1) % 4 == 0 or (checkpoint_every and (step + 1) % checkpoint_every == 0)}
+    assert last in reads_at and first == max([step + 1 for step in reads_at if step < last], default=0)
+    for state in saved:
+        assert all(torch.isfinite(value).all() for value in state["model"].values())
+        assert state["step"] <= first
+
+
 def test_a_non_finite_loss_through_the_cli_is_one_line(tiny_idx_dir, tmp_path, capsys):
     data_dir = tiny_idx_dir(n_train=64, n_test=8)
     line = refused(train_args(data_dir, tmp_path / "run", "--epochs", "1", "--lr", "1e3"), capsys, "non-finite loss")

@@ -34,6 +34,12 @@ from vaelab.models import VAE
 from vaelab.objectives import batch_negative_elbo
 
 METRICS_NAME = "metrics.csv"
+# How often the host reads the loss to check that it is finite. On the CPU a read costs nothing,
+# so every step, before the update; on an accelerator a read waits for the device's queue to
+# drain, so every 50 steps and before anything is saved: a non-finite loss then stops the run
+# within 50 steps, and what is on disk predates it.
+LOSS_READ_EVERY = {"cpu": 1}
+LOSS_READ_EVERY_ELSEWHERE = 50
 METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_rec", "test_kl", "seconds", "train_rec", "train_kl")
 
 
@@ -205,6 +211,21 @@ def train(
         grads = tuple(parameter.grad for parameter in parameters)
     anomaly = torch.autograd.detect_anomaly() if config.detect_anomaly else contextlib.nullcontext()
     result = TrainResult(model=model, history=history, checkpoint_path=checkpoint_path)
+    read_every = LOSS_READ_EVERY.get(device.type, LOSS_READ_EVERY_ELSEWHERE)
+    unchecked_from = start_step  # the first step of this epoch whose loss has not been read yet
+
+    def check_finite(epoch: int, step: int, indices: torch.Tensor) -> None:
+        """Stop every rank if a loss of steps unchecked_from..step was not finite: one read of
+        this epoch's running sums, which any NaN or infinity since the epoch began turns non-finite."""
+        nonlocal unchecked_from
+        total = running.sum().item()
+        if _agree(not math.isfinite(total), distributed, device):
+            where = f"step {step} (images {indices[:4].tolist()}...)" if unchecked_from == step else f"one of steps {unchecked_from}-{step}"
+            raise VaelabError(
+                f"non-finite loss ({total if not math.isfinite(total) else 'on another rank'}) at epoch {epoch}, {where}; "
+                f"the last good checkpoint, if any, is kept; try a lower --lr or --detect-anomaly to find the operation"
+            )
+        unchecked_from = step + 1
 
     def snapshot(epoch_done: int, step: int, seconds: float) -> dict[str, Any]:
         return {
@@ -233,6 +254,7 @@ def train(
                 permutation = torch.randperm(n_train, generator=generator, device=device)
                 generator.set_state(resumed_state)
             model.train()
+            unchecked_from = start_step
             started = time.perf_counter()
             bar = tqdm(
                 range(start_step, steps_per_epoch), initial=start_step, total=steps_per_epoch,
@@ -255,36 +277,31 @@ def train(
                     with autocast:
                         logits, mu, logvar = ddp_model(x, eps)
                     reconstruction, kl = batch_negative_elbo(logits.float(), x, mu.float(), logvar.float())
-                loss = reconstruction + kl
-                value = loss.item()  # one read of the loss serves the check and the message
-                if _agree(not math.isfinite(value), distributed, device):  # every rank stops here
-                    raise VaelabError(
-                        f"non-finite loss ({value if not math.isfinite(value) else 'on another rank'}) at epoch {epoch}, step {step} (images "
-                        f"{indices[:4].tolist()}...); the last good checkpoint, if any, is kept; try a lower --lr "
-                        f"or --detect-anomaly to find the operation"
-                    )
+                # --- log: the sums stay on the device, read for the finite check and the bar --
+                running += torch.stack((reconstruction.detach(), kl.detach())).double()
+                stopping = _agree(stop.requested, distributed, device)  # finish this step, then stop
+                saving_mid_epoch = step + 1 < steps_per_epoch and (
+                    stopping or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)
+                )
+                if (step + 1) % read_every == 0 or step + 1 == steps_per_epoch or saving_mid_epoch:
+                    check_finite(epoch, step, indices)  # every rank stops here, before the update
                 # --- backward and step: DDP averages gradients, so scale the local sum back up ---
                 if not by_hand:
                     optimizer.zero_grad(set_to_none=True)
-                    (loss * distributed.world_size).backward()
+                    ((reconstruction + kl) * distributed.world_size).backward()
                 optimizer.step()
-                # --- log: sums stay on the device; the bar reads them only now and then -------
-                running += torch.stack((reconstruction.detach(), kl.detach())).double()
                 if step % 50 == 0 and not bar.disable:
                     seen = min((step + 1) * config.batch_size, n_train)
                     bar.set_postfix(loss=f"{running.sum().item() * distributed.world_size / seen:.2f}")
                 # --- interrupted: finish this step, checkpoint, hand back ---------------------
-                if _agree(stop.requested, distributed, device):
-                    seconds = epoch_seconds_so_far + time.perf_counter() - started
-                    if step + 1 == steps_per_epoch:  # the epoch's steps are done; finish it normally
-                        break
-                    bar.close()
-                    _save_mid_epoch(snapshot(epoch - 1, step + 1, seconds), running, distributed, checkpoint_path)
-                    result.stopped = "interrupted"
-                    return result
-                if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                # (on the epoch's last step the epoch finishes normally and stops after its checkpoint)
+                if saving_mid_epoch:
                     seconds = epoch_seconds_so_far + time.perf_counter() - started
                     _save_mid_epoch(snapshot(epoch - 1, step + 1, seconds), running, distributed, checkpoint_path)
+                    if stopping:
+                        bar.close()
+                        result.stopped = "interrupted"
+                        return result
             bar.close()
             seconds = epoch_seconds_so_far + time.perf_counter() - started
 
