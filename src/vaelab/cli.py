@@ -50,7 +50,7 @@ def _add_train(subparsers: Any) -> None:
     parser.add_argument("--test-size", type=int, default=None, help="use only the first N test images; 0 = all (default: 0)")
     parser.add_argument("--device", default=None, help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads; 0 = torch's default (default: 0)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 autocast for the matrix products (default: fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 for the matrix products (loss, latent code, gradients and Adam stay fp32; default: fp32)")
     parser.add_argument("--detect-anomaly", action="store_true", default=None, help="run autograd's anomaly detection (slow; for finding where a NaN starts)")
     parser.add_argument("--autograd", action="store_true", default=None, help="compute the gradient with autograd instead of the faster one written out by hand (same result to rounding; torchrun and --detect-anomaly always use autograd)")
     parser.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps inside an epoch; 0 = only at epoch ends (default: 0)")
