@@ -533,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['images_per_s'] / baseline['images_per_s']:.1f}x the DataLoader template's images/s "
             f"(best windows: {result['best_images_per_s'] / baseline['best_images_per_s']:.1f}x)"
         )
-    fp32, autograd = training[0][1], training[2][1]
+    rows = dict(training)
+    fp32, autograd = rows["train: vaelab fp32"], rows["train: vaelab fp32 --autograd"]
     print(
         f"the gradient by hand: {fp32['images_per_s'] / autograd['images_per_s']:.2f}x the images/s of the same "
         f"training through autograd (--autograd: {100 * autograd['vs_roofline']:.0f} % of the roofline)"

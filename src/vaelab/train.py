@@ -34,13 +34,13 @@ from vaelab.models import VAE
 from vaelab.objectives import batch_negative_elbo
 
 METRICS_NAME = "metrics.csv"
+METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_rec", "test_kl", "seconds", "train_rec", "train_kl")
 # How often the host reads the loss to check that it is finite. On the CPU a read costs nothing,
 # so every step, before the update; on an accelerator a read waits for the device's queue to
 # drain, so every 50 steps and before anything is saved: a non-finite loss then stops the run
 # within 50 steps, and what is on disk predates it.
 LOSS_READ_EVERY = {"cpu": 1}
 LOSS_READ_EVERY_ELSEWHERE = 50
-METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_rec", "test_kl", "seconds", "train_rec", "train_kl")
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,6 @@ def train(
     anomaly = torch.autograd.detect_anomaly() if config.detect_anomaly else contextlib.nullcontext()
     result = TrainResult(model=model, history=history, checkpoint_path=checkpoint_path)
     read_every = LOSS_READ_EVERY.get(device.type, LOSS_READ_EVERY_ELSEWHERE)
-    unchecked_from = start_step  # the first step of this epoch whose loss has not been read yet
 
     def check_finite(epoch: int, step: int, indices: torch.Tensor) -> None:
         """Stop every rank if a loss of steps unchecked_from..step was not finite: one read of
@@ -254,7 +253,7 @@ def train(
                 permutation = torch.randperm(n_train, generator=generator, device=device)
                 generator.set_state(resumed_state)
             model.train()
-            unchecked_from = start_step
+            unchecked_from = start_step  # the first step of this epoch whose loss has not been read yet
             started = time.perf_counter()
             bar = tqdm(
                 range(start_step, steps_per_epoch), initial=start_step, total=steps_per_epoch,
