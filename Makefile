@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    set up, train the sheet's VAE on MNIST, evaluate it, write its pictures and numbers
+#   make run    set up, train the PyTorch VAE example's MLP on MNIST, evaluate it, write its pictures and numbers
 #   make test   set up, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,10 +10,10 @@ TORCH_CPU ?= torch==2.13.0+cpu
 TORCH_INDEX_URL ?=
 RUN ?= runs/mnist-$(shell date +%Y%m%d-%H%M%S)
 TRAIN_ARGS ?=
-EVAL_ARGS ?= --k 1 10 100 1000 5000
+EVAL_ARGS ?= --k 1 10 100 1000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 setup: $(BIN)/.installed
 
@@ -31,6 +31,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from vaelab.config import ModelConfig
-from vaelab.evaluate import DEFAULT_MAX_BYTES, importance_weighted_evaluation
-from vaelab.models import VAE
+from vaelab.config import ModelSpec
+from vaelab.evaluation import DEFAULT_MAX_BYTES, importance_weighted_evaluation
+from vaelab.models import VAE, build_model
 
 MNIST_TEST = 10_000
 
@@ -43,14 +43,14 @@ def matmul_rate(rows: int, hidden: int, pixels: int, seconds: float = 0.3) -> fl
     return 2 * rows * hidden * pixels * calls / (time.perf_counter() - started) / 1e9
 
 
-def decoder_flops(config: ModelConfig, images: int, k: int) -> float:
+def decoder_flops(config: ModelSpec, images: int, k: int) -> float:
     """2 x multiply-adds of the decoder over images·k samples (the encoder adds < 0.01 % at k = 5000)."""
-    return 2.0 * images * k * (config.latent_dim * config.hidden + config.hidden * config.input_dim)
+    return 2.0 * images * k * (config.latent_dim * config.hidden[0] + config.hidden[0] * config.input_dim)
 
 
 def measure(model: VAE, x: torch.Tensor, k: int, max_bytes: int, slice_size: int) -> None:
     """Evaluate x in slices, re-measuring the roofline after each; print the totals and the ratios."""
-    config = model.config
+    config = model.spec
     ks = [1, 10, 100, 1000, k] if k >= 1000 else [k]
     seconds, ratios, rates, slice_rates, layout = 0.0, [], [], [], None
     for first in range(0, x.shape[0], slice_size):
@@ -61,7 +61,7 @@ def measure(model: VAE, x: torch.Tensor, k: int, max_bytes: int, slice_size: int
         elapsed = time.perf_counter() - started
         rows = result.images_per_batch * result.samples_per_chunk
         layout = (result.images_per_batch, result.samples_per_chunk, rows, result.buffer_bytes)
-        roofline = matmul_rate(rows, config.hidden, config.input_dim)
+        roofline = matmul_rate(rows, config.hidden[0], config.input_dim)
         achieved = decoder_flops(config, part.shape[0], k) / elapsed / 1e9
         seconds += elapsed
         ratios.append(achieved / roofline)
@@ -95,16 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.checkpoint:
-        from vaelab.cli import load_model
+        from vaelab.checkpoint import load_model
 
         model, _ = load_model(args.checkpoint)
     else:
-        model = VAE(ModelConfig()).eval()
+        model = build_model(ModelSpec()).eval()
     # Binary images with MNIST's ink fraction; the cost does not depend on the pixel values.
-    x = torch.bernoulli(torch.full((args.size, model.config.input_dim), 0.13), generator=torch.Generator().manual_seed(0))
-    config = model.config
+    x = torch.bernoulli(torch.full((args.size, model.spec.input_dim), 0.13), generator=torch.Generator().manual_seed(0))
+    config = model.spec
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.machine()}, python {platform.python_version()}")
-    print(f"model {config.input_dim}-{config.hidden}-{config.latent_dim} ({'checkpoint' if args.checkpoint else 'random weights'}), "
+    print(f"model {config.input_dim}-{config.hidden[0]}-{config.latent_dim} ({'checkpoint' if args.checkpoint else 'random weights'}), "
           f"k = {args.k}, {args.size} images, slices of {args.slice}")
     importance_weighted_evaluation(model, x[:2], [args.k])  # warm-up: thread pool, allocator
     for mib in args.sweep or [args.max_mib]:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import ModelConfig, TrainConfig
+from vaelab.config import ModelSpec, TrainConfig
 from vaelab.errors import VaelabError
 
 MNIST_TRAIN = 60_000
@@ -62,18 +62,19 @@ class Options:
 # FLOPs: counted from the GEMM list, so the roofline and the achieved rate use the same count.
 
 
-def step_gemms(batch: int, model: ModelConfig = ModelConfig()) -> list[tuple[str, int, int, int]]:
+def step_gemms(batch: int, model: ModelSpec = ModelSpec()) -> list[tuple[str, int, int, int]]:
     """(name, m, k, n) of every matmul in one training step, C (m, n) = A (m, k) @ B (k, n).
 
     nn.Linear y = x W^T: forward x (B, in) @ W^T; backward dy (B, out) @ W for the input's
     gradient and dy^T (out, B) @ x for the weight's. The first layer's input is the data,
     which needs no gradient, so autograd skips that GEMM and so do we.
     """
+    (hidden,), latent = model.hidden, model.latent_dim  # the PyTorch example's one-layer MLP
     layers = [
-        ("fc1", model.input_dim, model.hidden),
-        ("fc2", model.hidden, 2 * model.latent_dim),  # mu and logvar (the template's fc21 + fc22)
-        ("fc3", model.latent_dim, model.hidden),
-        ("fc4", model.hidden, model.input_dim),
+        ("fc1", model.input_dim, hidden),
+        ("fc2", hidden, 2 * latent),  # mu and logvar (the template's fc21 + fc22)
+        ("fc3", latent, hidden),
+        ("fc4", hidden, model.input_dim),
     ]
     gemms = []
     for name, fan_in, fan_out in layers:
@@ -84,7 +85,7 @@ def step_gemms(batch: int, model: ModelConfig = ModelConfig()) -> list[tuple[str
     return gemms
 
 
-def train_flops_per_image(model: ModelConfig = ModelConfig()) -> float:
+def train_flops_per_image(model: ModelSpec = ModelSpec()) -> float:
     """FLOPs of one training step per image: sum of 2 m k n over `step_gemms`, divided by B."""
     batch = 128  # any batch: every GEMM is linear in it
     return sum(2 * m * k * n for _, m, k, n in step_gemms(batch, model)) / batch
@@ -221,10 +222,10 @@ def _training_result(images: int, seconds: list[float], rooflines: list[float]) 
 
 
 def measure_vaelab_train(options: Options, precision: str = "fp32", threads: int = 0, autograd: bool = False) -> dict[str, Any]:
-    """vaelab.train.train itself: each window is one train() call of one epoch over --steps
+    """vaelab.training.train itself: each window is one train() call of one epoch over --steps
     batches, timed by its history's seconds (which leave out the per-epoch test pass).
-    autograd=True times the reference path (--autograd) instead of the gradient by hand."""
-    from vaelab.train import train
+    autograd=True times the reference path (--autograd) instead of the mlp-elbo kernel."""
+    from vaelab.training import train
 
     _setup(options)
     roofline_window = _roofline_beside(options)
@@ -252,14 +253,15 @@ def measure_vaelab_train(options: Options, precision: str = "fp32", threads: int
 class TemplateVAE(nn.Module):
     """The example's model: fc1 -> relu -> (fc21, fc22); fc3 -> relu -> fc4 -> sigmoid."""
 
-    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+    def __init__(self, config: ModelSpec = ModelSpec()) -> None:
         super().__init__()
+        (hidden,), latent_dim = config.hidden, config.latent_dim
         self.input_dim = config.input_dim
-        self.fc1 = nn.Linear(config.input_dim, config.hidden)
-        self.fc21 = nn.Linear(config.hidden, config.latent_dim)
-        self.fc22 = nn.Linear(config.hidden, config.latent_dim)
-        self.fc3 = nn.Linear(config.latent_dim, config.hidden)
-        self.fc4 = nn.Linear(config.hidden, config.input_dim)
+        self.fc1 = nn.Linear(config.input_dim, hidden)
+        self.fc21 = nn.Linear(hidden, latent_dim)
+        self.fc22 = nn.Linear(hidden, latent_dim)
+        self.fc3 = nn.Linear(latent_dim, hidden)
+        self.fc4 = nn.Linear(hidden, config.input_dim)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = F.relu(self.fc1(x))
@@ -351,12 +353,12 @@ def measure_dataloader_baseline(options: Options) -> dict[str, Any]:
 
 
 def _eval_model_and_data(options: Options, count: int) -> tuple[torch.nn.Module, torch.Tensor]:
-    from vaelab.models import VAE
+    from vaelab.models import build_model
 
     _setup(options)
     _, _, test_images = load_images(options)
     torch.manual_seed(options.seed)
-    return VAE(), as_pixels(test_images[:count])
+    return build_model(ModelSpec()), as_pixels(test_images[:count])
 
 
 def _time_calls(options: Options, call: Callable[[], object], images: int) -> dict[str, Any]:
@@ -371,21 +373,19 @@ def _time_calls(options: Options, call: Callable[[], object], images: int) -> di
 
 
 def measure_negative_elbo(options: Options) -> dict[str, Any]:
-    """vaelab.evaluate.negative_elbo over --eval-images test images."""
-    from vaelab.evaluate import negative_elbo
+    """vaelab.evaluation.negative_elbo over --eval-images test images."""
+    from vaelab.evaluation import negative_elbo
 
     model, x = _eval_model_and_data(options, options.eval_images)
     return _time_calls(options, lambda: negative_elbo(model, x, seed=0), x.shape[0])
 
 
 def measure_iwae(options: Options) -> dict[str, Any]:
-    """vaelab.evaluate.importance_weighted_bounds with k = --iwae-k over --iwae-images images."""
-    from vaelab import evaluate
+    """vaelab.evaluation.importance_weighted_bounds with k = --iwae-k over --iwae-images images."""
+    from vaelab.evaluation import importance_weighted_bounds
 
-    if not hasattr(evaluate, "importance_weighted_bounds"):
-        return {"unavailable": "not available: vaelab.evaluate has no importance_weighted_bounds yet"}
     model, x = _eval_model_and_data(options, options.iwae_images)
-    call = lambda: evaluate.importance_weighted_bounds(model, x, ks=[options.iwae_k], seed=0)  # noqa: E731
+    call = lambda: importance_weighted_bounds(model, x, ks=[options.iwae_k], seed=0)  # noqa: E731
     return _time_calls(options, call, x.shape[0])
 
 

@@ -1,5 +1,7 @@
-"""Shared fixtures: tiny seeded data made on the spot, never the real datasets."""
+"""Shared fixtures: tiny seeded data made on the spot (never the real datasets), and torch's global
+settings pinned for the tests that depend on them (modules opt in with pytest.mark.usefixtures)."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,33 @@ def tiny_idx_dir(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture
+def float64_default():
+    """Comparisons against exact values: float64 tensors by default here, the previous default restored after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def plain_torch():
+    """One thread (tiny models gain nothing from more, and on a busy machine two threads contend:
+    measured 300x slower steps) and float32 by default, whatever another module has set globally."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+
+
+def wait_for(path: Path, process, timeout_s: float = 60.0) -> None:
+    """Poll until `path` exists, failing if `process` exits or the timeout passes first."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"no {path} after {timeout_s} s"
+        time.sleep(0.02)

@@ -12,11 +12,11 @@ import torch
 
 from vaelab import checkpoint
 from vaelab.cli import main
-from vaelab.config import ModelConfig, TrainConfig, to_dict
+from vaelab.config import ModelSpec, TrainConfig, to_dict
 from vaelab.errors import VaelabError
 from vaelab.models import VAE
 
-SMALL = ModelConfig(input_dim=16, hidden=8, latent_dim=2)
+SMALL = ModelSpec(input_dim=16, hidden=8, latent_dims=2)
 
 
 def vaelab_state(model_config=SMALL, weights_config=SMALL):
@@ -137,7 +137,7 @@ def test_a_file_that_is_not_a_vaelab_checkpoint_is_refused(tmp_path, content):
 
 
 def test_sample_refuses_weights_that_do_not_match_their_config(tmp_path, capsys):
-    checkpoint.save(vaelab_state(model_config=ModelConfig(input_dim=16, hidden=9, latent_dim=2)), tmp_path / "checkpoint.pt")
+    checkpoint.save(vaelab_state(model_config=ModelSpec(input_dim=16, hidden=9, latent_dims=2)), tmp_path / "checkpoint.pt")
     assert main(["sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights do not fit the saved architecture" in err[0], err
@@ -161,3 +161,54 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     checkpoint.restore_rng_state(checkpoint.load(tmp_path)["rng"])
     again = (torch.rand(4), random.random(), np.random.rand(), np.random.randn())
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+
+
+VERSION_1_LAYERS = {
+    "encoder.net.trunk.0": "fc1", "encoder.net.head": "fc2",
+    "likelihood.decoder.trunk.0": "fc3", "likelihood.decoder.head": "fc4",
+}
+
+
+def as_version_1(state):
+    """A current checkpoint dict written as vaelab 0.1 did: fc1..fc4, ModelConfig, (reconstruction, KL) sums."""
+    old = {key: value for key, value in state.items() if key != "format_version"}
+    old["model"] = {}
+    for key, value in state["model"].items():
+        layer, _, parameter = key.rpartition(".")
+        old["model"][f"{VERSION_1_LAYERS[layer]}.{parameter}"] = value
+    config = {key: value for key, value in state["config"].items() if key != "objective"}  # 0.1 had no objective
+    model = config["model"]
+    config["model"] = {"input_dim": model["input_dim"], "hidden": model["hidden"][0], "latent_dim": model["latent_dims"][0]}
+    old["config"] = config
+    old["running"] = state["running"][1:].clone()  # (reconstruction, KL)
+    old["format_version"] = 1
+    return old
+
+
+def test_a_version_1_checkpoint_is_upgraded_on_load_and_resumes(tiny_idx_dir, tmp_path, capsys):
+    data_dir = tiny_idx_dir(n_train=16, n_test=8)
+    new, old = tmp_path / "new", tmp_path / "old"
+    argv = ["train", "--dataset", "idx", "--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "8",
+            "--hidden", "8", "--latent-dim", "2", "--no-progress"]
+    assert main([*argv, "--out", str(new)]) == 0
+    assert main([*argv, "--out", str(old)]) == 0
+    version_1 = as_version_1(checkpoint.load(new))
+    assert sorted(version_1["model"]) == [f"fc{i}.{p}" for i in range(1, 5) for p in ("bias", "weight")]
+    torch.save(version_1, old / "checkpoint.pt")  # by hand, as 0.1 wrote it: not through checkpoint.save
+
+    loaded = checkpoint.load(old)
+    assert loaded["format_version"] == checkpoint.FORMAT_VERSION == 2
+    assert loaded["running"].shape == (3,)
+    model, config = checkpoint.load_model(old)
+    assert config.model == ModelSpec(input_dim=784, hidden=8, latent_dims=2)
+    assert torch.equal(model.likelihood.decoder.head.weight, version_1["model"]["fc4.weight"])
+    assert torch.equal(model.encoder.net.trunk[0].weight, version_1["model"]["fc1.weight"])
+
+    resume = ["train", "--resume", "--epochs", "2", "--no-progress"]
+    assert main([*resume, "--out", str(old)]) == 0
+    assert main([*resume, "--out", str(new)]) == 0
+    capsys.readouterr()
+    continued, reference = checkpoint.load(old), checkpoint.load(new)
+    assert continued["epoch"] == 2 and len(continued["history"]) == 2
+    for name, value in reference["model"].items():  # the upgraded run goes on exactly as the current one
+        assert torch.equal(value, continued["model"][name]), name

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from vaelab.cli import main
-from vaelab.config import ModelConfig
-from vaelab.evaluate import negative_elbo
+from vaelab.config import ModelSpec
+from vaelab.evaluation import negative_elbo
 from vaelab.models import VAE
 
 TINY = ["--dataset", "idx", "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
@@ -108,7 +108,7 @@ def test_short_real_mnist_training_through_the_cli(tmp_path, capsys):
 
     test_x = pixels(load_dataset("mnist").test.images[:256])
     torch.manual_seed(1)
-    untrained = sum(negative_elbo(VAE(ModelConfig()), test_x, seed=1))
+    untrained = sum(negative_elbo(VAE(ModelSpec()), test_x, seed=1))
     losses = [float(row["test_loss"]) for row in rows]
     assert losses[1] < losses[0] < untrained
     assert all((out / name).is_file() for name in ("samples.png", "reconstructions.png", "loss.png", "checkpoint.pt"))
@@ -118,3 +118,35 @@ def test_data_info_shows_the_cache_and_fetch_refuses_without_a_source(tmp_path, 
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "cache"))
     out = run_ok(["data", "info"], capsys)
     assert str(tmp_path / "cache") in out and "mnist" in out and "fashion-mnist" in out
+
+
+def test_model_and_objective_options_build_the_run_and_config_replays_it(tiny_idx_dir, tmp_path, capsys):
+    """--layers/--prior/--objective reach config.json; `--config RUN/config.json` trains the same run again."""
+    import json
+
+    from vaelab.config import TrainConfig, load_json
+
+    data_dir, first, again = tiny_idx_dir(n_train=32, n_test=8), tmp_path / "first", tmp_path / "again"
+    options = ["--layers", "2", "--latent-dim", "3", "2", "--hidden", "12", "--depth", "2", "--activation", "tanh",
+               "--prior", "vamp", "--pseudo-inputs", "4", "--objective", "dreg", "--k", "3", "--binarize", "dynamic"]
+    out_text = run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(first), *options], capsys)
+    assert "gradient: autograd (mlp-elbo-by-hand: 2 stochastic layers" in out_text
+    config = load_json(TrainConfig, first / "config.json")
+    assert config.model == ModelSpec(latent_dims=(3, 2), hidden=(12, 12), depth=2, activation="tanh", prior="vamp", pseudo_inputs=4)
+    assert (config.objective.name, config.objective.k) == ("dreg", 3)
+    run_ok(["train", "--config", str(first / "config.json"), "--out", str(again), "--no-progress"], capsys)
+    assert json.loads((again / "config.json").read_text()) == json.loads((first / "config.json").read_text())
+    assert (again / "metrics.csv").read_text().split("\n")[1].split(",")[:5] == (first / "metrics.csv").read_text().split("\n")[1].split(",")[:5]
+    run_refused(["train", "--config", str(first / "config.json"), "--out", str(tmp_path / "x"), "--k", "2", "--objective", "elbo"], capsys, "--k 2 applies to --objective iwae or dreg")
+    run_refused(["train", "--config", str(first / "config.json"), "--out", str(first), "--resume", "--epochs", "3"], capsys, "give one of them")
+
+
+def test_layers_take_one_value_for_all_or_one_each(capsys):
+    from vaelab.cli import build_parser
+    from vaelab.cli.train import train_config
+
+    parse = lambda *argv: train_config(build_parser().parse_args(["train", *argv]))  # noqa: E731
+    assert parse("--layers", "2").model.latent_dims == (20, 20)
+    assert parse("--latent-dim", "100", "50", "--hidden", "200", "100").model.hidden == (200, 100)
+    with pytest.raises(Exception, match="one value per stochastic layer"):
+        parse("--layers", "2", "--latent-dim", "5", "4", "3")

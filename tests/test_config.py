@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from vaelab.config import EvaluateConfig, ModelConfig, TrainConfig, from_dict, load_json, save_json, to_dict
+from vaelab.config import EvaluateConfig, ModelSpec, TrainConfig, from_dict, load_json, save_json, to_dict
 from vaelab.errors import VaelabError
 
 
 def test_round_trip_through_json(tmp_path):
-    config = TrainConfig(epochs=3, model=ModelConfig(hidden=17, latent_dim=4), binarize="dynamic")
+    config = TrainConfig(epochs=3, model=ModelSpec(hidden=17, latent_dims=4), binarize="dynamic")
     save_json(config, tmp_path / "config.json")
     assert load_json(TrainConfig, tmp_path / "config.json") == config
     evaluate = EvaluateConfig(checkpoint="runs/x", ks=(1, 7))
@@ -19,7 +19,7 @@ def test_round_trip_through_json(tmp_path):
 def test_defaults_are_the_templates():
     config = TrainConfig()
     assert (config.epochs, config.batch_size, config.lr, config.seed) == (10, 128, 1e-3, 1)
-    assert (config.model.input_dim, config.model.hidden, config.model.latent_dim) == (784, 400, 20)
+    assert (config.model.input_dim, config.model.hidden, config.model.latent_dim) == (784, (400,), 20)
 
 
 def test_unknown_keys_are_refused_by_name():
@@ -29,7 +29,7 @@ def test_unknown_keys_are_refused_by_name():
         from_dict(TrainConfig, data)
     data = to_dict(TrainConfig())
     data["model"]["latent"] = 5
-    with pytest.raises(VaelabError, match="unknown ModelConfig key.*latent"):
+    with pytest.raises(VaelabError, match="unknown ModelSpec key.*latent"):
         from_dict(TrainConfig, data)
 
 
@@ -51,7 +51,7 @@ def test_out_of_range_values_name_the_option(changes, message):
 
 def test_model_sizes_must_be_positive():
     with pytest.raises(VaelabError, match="--latent-dim must be >= 1"):
-        ModelConfig(latent_dim=0)
+        ModelSpec(latent_dims=0)
     with pytest.raises(VaelabError, match="--k values"):
         EvaluateConfig(ks=(0,))
 

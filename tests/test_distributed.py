@@ -15,9 +15,11 @@ import torch
 
 from vaelab import checkpoint
 from vaelab.cli import main
-from vaelab.train import read_metrics
+from vaelab.training import read_metrics
 
-from test_faults import plain_torch, wait_for  # noqa: F401  (plain_torch: autouse, one thread, float32)
+from conftest import wait_for
+
+pytestmark = pytest.mark.usefixtures("plain_torch")
 
 TINY = ["--dataset", "idx", "--batch-size", "8", "--hidden", "16", "--latent-dim", "2"]
 TORCHRUN_TIMEOUT_S = 180  # a hang (ranks waiting on each other) fails the test instead of the suite

@@ -19,28 +19,23 @@ import pytest
 import torch
 
 from vaelab import checkpoint
-from vaelab import backprop as backprop_module
-from vaelab import train as train_module
+from vaelab import objectives as objectives_module
 from vaelab.cli import main
-from vaelab.config import ModelConfig, TrainConfig
+from vaelab.config import ModelSpec, TrainConfig
 from vaelab.data import IDX_FILES, TRAIN_IMAGES, TRAIN_LABELS, TEST_LABELS
 from vaelab.errors import VaelabError
-from vaelab.train import read_metrics, train
+from vaelab.kernels import mlp_elbo as mlp_elbo_module
+from vaelab.training import guards as guards_module
+from vaelab.training import loop as loop_module
+from vaelab.training import read_metrics, train
+
+from conftest import wait_for
 
 TINY = ["--dataset", "idx", "--batch-size", "8", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def plain_torch():
-    """One thread (tiny models gain nothing from more, and on a busy machine they contend) and
-    float32 tensors by default, whatever another test module has set globally."""
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
+pytestmark = pytest.mark.usefixtures("plain_torch")
 
 
 def train_args(data_dir, out, *extra):
@@ -97,16 +92,21 @@ def test_two_epochs_then_resume_to_four_equals_four_straight(tiny_idx_dir, tmp_p
 
 def stop_at_call(monkeypatch, call):
     """Send this process a real SIGTERM from inside the `call`-th training step's loss."""
-    calls, loss = [], train_module.batch_negative_elbo
+    calls = []
 
-    def loss_then_signal(*args):
-        calls.append(1)
-        if len(calls) == call:
-            signal.raise_signal(signal.SIGTERM)
-        return loss(*args)
+    def then_signal(loss):
+        def loss_then_signal(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == call:
+                signal.raise_signal(signal.SIGTERM)
+            return loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "batch_negative_elbo", loss_then_signal)  # autograd's path
-    monkeypatch.setattr(backprop_module, "batch_negative_elbo", loss_then_signal)  # the path by hand
+        return loss_then_signal
+
+    # autograd's path: the loop's ObjectiveModule calls objectives.compute once per step
+    monkeypatch.setattr(objectives_module, "compute", then_signal(objectives_module.compute))
+    # the kernel's path by hand: negative_elbo_gradients calls batch_negative_elbo once per step
+    monkeypatch.setattr(mlp_elbo_module, "batch_negative_elbo", then_signal(mlp_elbo_module.batch_negative_elbo))
 
 
 @pytest.mark.parametrize(
@@ -135,13 +135,6 @@ def test_an_interrupted_run_resumes_bit_identically(tiny_idx_dir, tmp_path, caps
 # --------------------------------------------------------------------------------------------
 
 
-def wait_for(path, process, timeout_s=60.0):
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"no {path} after {timeout_s} s"
-        time.sleep(0.02)
-
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_training_with_a_checkpoint_and_a_resume_hint(tiny_idx_dir, tmp_path, capsys, signum):
@@ -165,11 +158,11 @@ def test_a_signal_stops_training_with_a_checkpoint_and_a_resume_hint(tiny_idx_di
 
 def test_a_forwarded_copy_of_the_first_sigint_is_not_a_second_one(monkeypatch):
     """torchrun passes on the Ctrl-C its workers already got: that must not abort the checkpoint."""
-    with train_module._StopRequest() as stop:
+    with guards_module.StopRequest() as stop:
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
         assert stop.requested
-        monkeypatch.setattr(train_module._StopRequest, "REPEAT_AFTER_S", 0.0)  # as if the user pressed again later
+        monkeypatch.setattr(guards_module.StopRequest, "REPEAT_AFTER_S", 0.0)  # as if the user pressed again later
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
 
@@ -233,7 +226,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
         saved.append(path.read_bytes())
 
     monkeypatch.setattr(checkpoint, "save", save_and_remember)
-    config = TrainConfig(model=ModelConfig(input_dim=16, hidden=8, latent_dim=2), epochs=2, batch_size=8, lr=1e3, checkpoint_every=1)
+    config = TrainConfig(model=ModelSpec(input_dim=16, hidden=8, latent_dims=2), epochs=2, batch_size=8, lr=1e3, checkpoint_every=1)
     train_x = torch.rand(64, 16, generator=torch.Generator().manual_seed(0))
     with pytest.raises(VaelabError, match=r"non-finite loss \((nan|inf)\) at epoch 1, step (\d+) \(images \[") as raised:
         train(config, train_x, train_x[:8], tmp_path, progress=False)
@@ -249,11 +242,11 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 def test_on_an_accelerator_the_loss_is_read_every_few_steps_and_always_before_a_save(tmp_path, monkeypatch, checkpoint_every):
     """The accelerators' cadence, run on the CPU: reads every 4 steps and before each save; the
     error names the unread steps, and every checkpoint written holds finite weights."""
-    monkeypatch.setattr(train_module, "LOSS_READ_EVERY", {"cpu": 4})
+    monkeypatch.setattr(loop_module, "LOSS_READ_EVERY", {"cpu": 4})
     saved = []
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda state, path: (real_save(state, path), saved.append(state)))
-    config = TrainConfig(model=ModelConfig(input_dim=16, hidden=8, latent_dim=2), epochs=1, batch_size=8, lr=1e3,
+    config = TrainConfig(model=ModelSpec(input_dim=16, hidden=8, latent_dims=2), epochs=1, batch_size=8, lr=1e3,
                          checkpoint_every=checkpoint_every)
     train_x = torch.rand(160, 16, generator=torch.Generator().manual_seed(0))  # 20 steps
     with pytest.raises(VaelabError, match=r"non-finite loss \((nan|inf)\) at epoch 1, (one of steps|step) (\d+)") as raised:
@@ -275,7 +268,7 @@ def test_a_non_finite_loss_through_the_cli_is_one_line(tiny_idx_dir, tmp_path, c
 
 @pytest.mark.parametrize("bad_value, shown", [(float("nan"), "nan"), (255.0, "255.0"), (-0.5, "-0.5")])
 def test_pixels_outside_0_1_are_refused_before_training(tmp_path, bad_value, shown):
-    config = TrainConfig(model=ModelConfig(input_dim=16, hidden=8, latent_dim=2), epochs=1, batch_size=8)
+    config = TrainConfig(model=ModelSpec(input_dim=16, hidden=8, latent_dims=2), epochs=1, batch_size=8)
     train_x = torch.rand(32, 16)
     train_x[17, 3] = bad_value
     with pytest.raises(VaelabError, match=rf"training image 17 has a pixel value {shown} outside \[0, 1\]"):
@@ -342,8 +335,8 @@ def test_bad_data_is_refused_and_the_earlier_run_is_left_intact(tiny_idx_dir, tm
     "extra, match",
     [
         (["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"),
-        (["--hidden", "0"], "--hidden must be >= 1 (got 0)"),
-        (["--latent-dim", "-3"], "--latent-dim must be >= 1 (got -3)"),
+        (["--hidden", "0"], "--hidden must be >= 1 (got [0])"),  # one value per stochastic layer
+        (["--latent-dim", "-3"], "--latent-dim must be >= 1 (got [-3])"),
         (["--lr", "0"], "--lr must be a positive number"),
         (["--lr", "nan"], "--lr must be a positive number"),
         (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
@@ -370,7 +363,7 @@ def test_asking_for_cuda_without_it_is_refused(capsys):
     "extra, match",
     [
         (["--hidden", "32"], "these options differ from it: --hidden"),
-        (["--latent-dim", "3", "--binarize", "dynamic"], "differ from it: --latent-dim, --binarize"),
+        (["--latent-dim", "3", "--binarize", "dynamic"], "differ from it: --binarize, --latent-dim"),
         (["--epochs", "1"], "has already finished 1 epochs"),
     ],
 )
@@ -386,10 +379,10 @@ def test_resume_refuses_a_checkpoint_whose_weights_do_not_fit_its_config(tiny_id
     data_dir, out = tiny_idx_dir(n_train=16, n_test=8), tmp_path / "run"
     assert run(train_args(data_dir, out, "--epochs", "1"), capsys)[0] == 0
     state = checkpoint.load(out)
-    state["config"]["model"]["hidden"] = 32
+    state["config"]["model"]["hidden"] = [32]  # ModelSpec.hidden: one width per stochastic layer
     checkpoint.save(state, out / "checkpoint.pt")
     refused(["train", "--out", str(out), "--resume", "--epochs", "2"], capsys, "another architecture")
-    state["config"]["model"]["hidden"] = 16
+    state["config"]["model"]["hidden"] = [16]
     del state["optimizer"]
     checkpoint.save(state, out / "checkpoint.pt")
     refused(["train", "--out", str(out), "--resume", "--epochs", "2"], capsys, "the checkpoint lacks optimizer")

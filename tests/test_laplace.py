@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab import laplace, laplace_cli
+from vaelab import laplace
+from vaelab.cli import laplace as laplace_cli
 from vaelab.errors import VaelabError
 
 scipy_special = pytest.importorskip("scipy.special")

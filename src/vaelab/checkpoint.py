@@ -1,15 +1,13 @@
-"""Checkpoints: a plain dict written atomically, read without ever running code.
+"""Checkpoints: a plain dict written atomically, read without ever running code; `load_model`.
 
-Writing goes to a temporary file in the same directory, is fsync'ed, then renamed over the old
-one, so a crash or `kill -9` at any moment leaves the previous complete checkpoint in place.
+Writing goes through `vaelab.io.atomic_write` (temporary file, fsync, rename), so a crash,
+`kill -9` or a full disk at any moment leaves the previous complete checkpoint in place.
 Reading uses `torch.load(weights_only=True)`: a file that would need arbitrary pickled objects
 (and so could execute code) is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
 import re
@@ -20,10 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaelab.config import TrainConfig, from_dict
 from vaelab.errors import VaelabError
+from vaelab.io import atomic_write
+from vaelab.models import build_model
+from vaelab.models.base import LatentVariableModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+# 1: vaelab 0.1, the one MLP VAE with layers fc1..fc4 and (reconstruction, KL) running sums.
+# 2: models built from ModelSpec blocks; running sums (loss, reconstruction, KL). `upgrade` reads 1.
+FORMAT_VERSION = 2
+_VERSION_1_LAYERS = {
+    "fc1": "encoder.net.trunk.0", "fc2": "encoder.net.head",
+    "fc3": "likelihood.decoder.trunk.0", "fc4": "likelihood.decoder.head",
+}
 
 
 def resolve(path: str | Path) -> Path:
@@ -37,55 +45,8 @@ def resolve(path: str | Path) -> Path:
 
 
 def save(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` to `path` atomically (temporary file, fsync, rename, fsync of the directory)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _remove_stale_temporaries(path)
-    try:
-        with open(temporary, "wb") as file:
-            torch.save({**state, "format_version": FORMAT_VERSION}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        _discard(temporary)
-        raise VaelabError(f"cannot write checkpoint {path}: {error.strerror or error}; check the directory is writable and has space") from None
-    except BaseException:  # e.g. a second Ctrl-C inside torch.save: leave no partial file behind
-        _discard(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def _discard(temporary: Path) -> None:
-    with contextlib.suppress(OSError):
-        temporary.unlink()
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete `.NAME.PID.tmp` files left by writers that died (kill -9, power loss) mid-save.
-
-    A temporary file is never read as a checkpoint, but they would pile up; one whose process
-    is still alive on this machine is left alone.
-    """
-    with contextlib.suppress(OSError):  # tidying only; the save itself reports a directory it cannot use
-        for temporary in path.parent.glob(f".{path.name}.*.tmp"):
-            pid = temporary.name[len(path.name) + 2 : -len(".tmp")]
-            if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
-                _discard(temporary)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        pass
-    return True
+    """Write `state` to `path` atomically (vaelab.io.atomic_write): a full disk or a crash keeps the previous checkpoint."""
+    atomic_write(path, lambda file: torch.save({**state, "format_version": FORMAT_VERSION}, file), what="checkpoint")
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -113,7 +74,43 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from None
     if not (isinstance(state, dict) and isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict)):
         raise VaelabError(f"{path} is not a vaelab checkpoint (no model weights and config inside)")
+    return upgrade(state)
+
+
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of an older format as the current one (its config is upgraded by `config.from_dict`).
+
+    Version 1 held the PyTorch example's MLP as fc1..fc4; the same weights, in the same order
+    (so Adam's state still matches), are now the encoder's and the decoder's MLP layers. Its
+    running sums (reconstruction, KL) gain the loss, their sum, in front.
+    """
+    version = state.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise VaelabError(f"the checkpoint has format {version}, newer than this vaelab reads ({FORMAT_VERSION}); upgrade vaelab")
+    if version == 1:
+        state = dict(state)
+        state["model"] = {_rename_version_1(key): value for key, value in state["model"].items()}
+        if isinstance(state.get("running"), torch.Tensor) and state["running"].numel() == 2:
+            state["running"] = torch.cat((state["running"].sum().reshape(1), state["running"]))
+        state["format_version"] = FORMAT_VERSION
     return state
+
+
+def _rename_version_1(key: str) -> str:
+    layer, _, rest = key.partition(".")
+    return f"{_VERSION_1_LAYERS[layer]}.{rest}" if layer in _VERSION_1_LAYERS else key
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[LatentVariableModel, TrainConfig]:
+    """A checkpoint (file or run directory) -> (its model in eval mode, its TrainConfig)."""
+    state = load(path, map_location)
+    config = from_dict(TrainConfig, state["config"])
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise VaelabError(f"{path}: weights do not fit the saved architecture: {str(error).splitlines()[0]}") from None
+    return model.to(map_location).eval(), config
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -21,22 +21,92 @@ USER_DATASET = "idx"  # a user's own IDX files in MNIST's layout, checked for st
 DATASETS = (*VERIFIED_DATASETS, USER_DATASET)
 BINARIZE_MODES = ("none", "dynamic", "threshold")
 PRECISIONS = ("fp32", "bf16")
+PRIORS = ("normal", "vamp")
+LIKELIHOODS = ("bernoulli", "gaussian")
+ACTIVATION_NAMES = ("relu", "tanh", "elu", "softplus", "gelu")
+OBJECTIVES = ("elbo", "beta", "iwae", "dreg")
+MAX_LAYERS = 2
 
 C = TypeVar("C")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The sheet's MLP: input_dim -> hidden (ReLU) -> 2 x latent_dim, and back."""
+class ModelSpec:
+    """A latent-variable model built from blocks (docs/models.md); the default is the PyTorch VAE example's MLP.
+
+    One stochastic layer: q(z|x) = N(mu(x), diag σ²(x)) from an MLP, p(x|z) from an MLP, prior p(z).
+    Two (Burda et al. 2015): q(z1|x) q(z2|z1), p(z2) p(z1|z2) p(x|z1); the latent is (z1, z2).
+    `latent_dims` and `hidden` have one entry per stochastic layer, the one next to x first;
+    every MLP has `depth` hidden layers of that layer's width and the same activation.
+    """
 
     input_dim: int = 784
-    hidden: int = 400
-    latent_dim: int = 20
+    latent_dims: tuple[int, ...] = (20,)
+    hidden: tuple[int, ...] = (400,)
+    depth: int = 1
+    activation: str = "relu"
+    prior: str = "normal"  # p(z) (the top layer's with two): N(0, I), or "vamp" (Tomczak & Welling 2018)
+    pseudo_inputs: int = 500  # the VampPrior's K learned pseudo-inputs
+    likelihood: str = "bernoulli"  # or "gaussian": N(x; decoder(z), likelihood_std² I)
+    likelihood_std: float = 1.0
 
     def __post_init__(self) -> None:
+        # A single number is accepted where a tuple is expected: ModelSpec(hidden=400, latent_dims=20).
+        for name in ("latent_dims", "hidden"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (int(value),) if isinstance(value, (int, float)) else tuple(int(v) for v in value))
+        if len(self.hidden) == 1 and len(self.latent_dims) > 1:  # one width serves every layer
+            object.__setattr__(self, "hidden", self.hidden * len(self.latent_dims))
         _require(self.input_dim >= 1, "input_dim must be >= 1")
-        _require(self.hidden >= 1, f"--hidden must be >= 1 (got {self.hidden})")
-        _require(self.latent_dim >= 1, f"--latent-dim must be >= 1 (got {self.latent_dim})")
+        _require(1 <= len(self.latent_dims) <= MAX_LAYERS, f"--layers must be 1 or 2 (got {len(self.latent_dims)} latent sizes)")
+        _require(len(self.hidden) == len(self.latent_dims),
+                 f"--hidden needs one width per stochastic layer: {len(self.latent_dims)} (got {list(self.hidden)})")
+        _require(all(d >= 1 for d in self.latent_dims), f"--latent-dim must be >= 1 (got {list(self.latent_dims)})")
+        _require(all(h >= 1 for h in self.hidden), f"--hidden must be >= 1 (got {list(self.hidden)})")
+        _require(self.depth >= 0, f"--depth must be >= 0 (got {self.depth})")
+        _require(self.activation in ACTIVATION_NAMES, f"--activation must be one of {', '.join(ACTIVATION_NAMES)} (got {self.activation!r})")
+        _require(self.prior in PRIORS, f"--prior must be one of {', '.join(PRIORS)} (got {self.prior!r})")
+        _require(self.pseudo_inputs >= 1, f"--pseudo-inputs must be >= 1 (got {self.pseudo_inputs})")
+        _require(self.likelihood in LIKELIHOODS, f"--likelihood must be one of {', '.join(LIKELIHOODS)} (got {self.likelihood!r})")
+        _require(math.isfinite(self.likelihood_std) and self.likelihood_std > 0, f"likelihood_std must be > 0 (got {self.likelihood_std})")
+
+    @property
+    def layers(self) -> int:
+        """Number of stochastic layers."""
+        return len(self.latent_dims)
+
+    @property
+    def latent_dim(self) -> int:
+        """Dimension of the whole latent (z1, z2 concatenated with two layers)."""
+        return sum(self.latent_dims)
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What training maximises, per image (docs/derivations.md, "Objectives").
+
+    elbo: E_q[log p(x|z)] - KL(q || p), one sample, analytic KL where the prior has one;
+    beta: the same with the KL weighted by `beta` (Higgins et al. 2017);
+    iwae: L_k = log (1/k) Σ_i p(x, z_i) / q(z_i|x) (Burda et al. 2015);
+    dreg: L_k with the doubly reparameterized encoder gradient (Tucker et al. 2018).
+    `warmup_epochs` > 0 raises the KL weight linearly from 0 over that many epochs (elbo, beta).
+    """
+
+    name: str = "elbo"
+    k: int = 1
+    beta: float = 1.0
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.name in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)} (got {self.name!r})")
+        _require(self.k >= 1, f"--k must be >= 1 (got {self.k})")
+        _require(self.name in ("iwae", "dreg") or self.k == 1,
+                 f"--k {self.k} applies to --objective iwae or dreg; the {self.name} objective uses one sample")
+        _require(math.isfinite(self.beta) and self.beta > 0, f"--beta must be a positive number (got {self.beta})")
+        _require(self.name == "beta" or self.beta == 1.0, f"--beta {self.beta} needs --objective beta")
+        _require(math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})")
+        _require(self.name in ("elbo", "beta") or self.warmup_epochs == 0,
+                 f"--warmup-epochs weights the KL term, which the {self.name} objective does not have; use elbo or beta")
 
 
 @dataclass(frozen=True)
@@ -45,7 +115,8 @@ class TrainConfig:
 
     dataset: str = "mnist"
     data_dir: str | None = None
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
@@ -57,7 +128,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch's default (one per core)
     precision: str = "fp32"
     detect_anomaly: bool = False
-    autograd: bool = False  # gradients by autograd instead of vaelab.backprop (always so under torchrun)
+    autograd: bool = False  # gradients by autograd even where a kernel serves the run (vaelab.kernels)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = once per epoch
 
     def __post_init__(self) -> None:
@@ -112,6 +183,8 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     """Rebuild `cls` from `to_dict`'s output; an unknown key or a wrong type is an error."""
     if not isinstance(data, dict):
         raise VaelabError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
+    if cls is ModelSpec:
+        data = _upgrade_model_dict(data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -125,13 +198,25 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
             default = fields[name].default_factory()
         if dataclasses.is_dataclass(default):
             value = from_dict(type(default), value)
-        elif isinstance(default, tuple):
+        elif isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
         values[name] = value
     try:
         return cls(**values)
     except TypeError as error:
         raise VaelabError(f"bad {cls.__name__}: {error}") from None
+
+
+def _upgrade_model_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """Read a model written before ModelSpec (vaelab 0.1's ModelConfig: input_dim, hidden, latent_dim):
+    it was the one-layer ReLU MLP, which is ModelSpec(hidden=(hidden,), latent_dims=(latent_dim,))."""
+    if "latent_dim" not in data:
+        return data
+    upgraded = {key: value for key, value in data.items() if key != "latent_dim"}
+    upgraded["latent_dims"] = [data["latent_dim"]]
+    if isinstance(data.get("hidden"), int):
+        upgraded["hidden"] = [data["hidden"]]
+    return upgraded
 
 
 def save_json(config: Any, path: str | Path) -> None:

@@ -3,7 +3,7 @@
     vaelab evaluate --checkpoint RUN [--k 1 10 100 1000 5000] [--split test] [--binarize auto]
                     [--size N] [--seed S] [--laplace-k K] [--no-laplace] [--out DIR] [--device auto]
 
-`vaelab.cli` registers this module's `add_parser`; `run` prints the table and writes eval.json.
+`run` prints the table and writes eval.json; a progress bar shows each estimator's time left.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from vaelab.config import BINARIZE_MODES, EvaluateConfig, TrainConfig, to_dict
 from vaelab.errors import VaelabError
+from vaelab.io import atomic_write
 
 EVAL_NAME = "eval.json"
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active when Cov_x(E_q[z_u]) > 0.01
@@ -50,6 +50,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads; 0 = torch's default")
     parser.add_argument("--out", default=None, help="directory for eval.json (default: the checkpoint's run directory)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)  # overrides the training run's data_dir
     parser.set_defaults(func=run)
 
@@ -65,9 +66,9 @@ def load_split(train_config: TrainConfig, split: str, data_dir: str | None) -> t
 def run(args: argparse.Namespace) -> int:
     """Evaluate the checkpoint; print the table; write eval.json atomically. Returns the exit status."""
     from vaelab import checkpoint, data
-    from vaelab.cli import load_model
-    from vaelab.evaluate import active_units, importance_weighted_evaluation, laplace_evidence, laplace_importance_sampling
-    from vaelab.train import pick_device
+    from vaelab.checkpoint import load_model
+    from vaelab.distributed import pick_device
+    from vaelab.evaluation import active_units, importance_weighted_evaluation, laplace_evidence, laplace_importance_sampling
 
     config = EvaluateConfig(
         checkpoint=args.checkpoint, ks=tuple(sorted(set(args.k))), split=args.split, binarize=args.binarize,
@@ -89,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
             raise VaelabError(f"--size {config.size} exceeds the {images.shape[0]} images of the {config.split} split; use a smaller --size or 0 for all")
         images = images[: config.size]
     x = data.pixels(images)
-    if x.shape[1] != model.config.input_dim:
-        raise VaelabError(f"the data has {x.shape[1]} pixels per image but the model expects {model.config.input_dim}")
+    if x.shape[1] != model.spec.input_dim:
+        raise VaelabError(f"the data has {x.shape[1]} pixels per image but the model expects {model.spec.input_dim}")
     mode = train_config.binarize if config.binarize == "auto" else config.binarize
     x = data.binarize(x, mode, torch.Generator().manual_seed(config.seed))
     if mode == "none":
@@ -100,17 +101,19 @@ def run(args: argparse.Namespace) -> int:
           f"(binarization: {mode}{f', Bernoulli draw seed {config.seed}' if mode == 'dynamic' else ''}), device {device}, {torch.get_num_threads()} threads")
 
     # --- estimators ------------------------------------------------------------------------------
-    iwae = importance_weighted_evaluation(model, x, config.ks, seed=config.seed, batch_size=config.batch_size, device=device)
+    iwae = importance_weighted_evaluation(model, x, config.ks, seed=config.seed, batch_size=config.batch_size, device=device,
+                                          progress=not args.no_progress)
     active, variances = active_units(model, x, ACTIVE_THRESHOLD)
     laplace = laplace_is = None
     if config.laplace:
-        laplace = laplace_evidence(model, x, device=device)
+        laplace = laplace_evidence(model, x, device=device, progress=not args.no_progress)
         laplace_is = laplace_importance_sampling(model, x, config.laplace_k, seed=config.seed, z_star=laplace.z_star,
                                                  neg_hessian=laplace.neg_hessian, device=device)
 
     # --- report ----------------------------------------------------------------------------------
     rows = [(f"L_{k}" + (" (ELBO)" if k == 1 else ""), estimate) for k, estimate in iwae.bounds.items()]
-    rows.append(("ELBO, analytic KL", iwae.elbo))
+    kl_how = "analytic" if model.analytic_kl(model.posterior(x[:1].to(device))) is not None else f"mean of {max(config.ks)} draws"
+    rows.append((f"ELBO, KL {'analytic' if kl_how == 'analytic' else 'sampled'}", iwae.elbo))
     if laplace is not None and laplace_is is not None:
         rows.append(("Laplace", laplace.estimate))
         rows.append((f"Laplace-IS, k={config.laplace_k}", laplace_is))
@@ -118,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
     for name, estimate in rows:
         print(f"{name:<24}{estimate.mean:>12.3f}{estimate.stderr:>9.3f}{estimate.seconds:>10.1f}")
     print(f"\n-ELBO = reconstruction {iwae.reconstruction.mean:.3f} + KL {iwae.kl.mean:.3f} nats/image "
-          f"(reconstruction averaged over the {max(config.ks)} draws; KL analytic)")
-    print(f"active units: {active} of {model.config.latent_dim} (Cov_x E_q[z_u] > {ACTIVE_THRESHOLD})")
+          f"(reconstruction averaged over the {max(config.ks)} draws; KL {kl_how})")
+    print(f"active units: {active} of {model.latent_dim} (Cov_x E_q[z_u] > {ACTIVE_THRESHOLD})")
     if laplace is not None:
         print(f"Laplace: Newton stopped short of a smooth maximum (a ReLU ridge) for {laplace.unconverged} of {x.shape[0]} images; "
+              f"-H was not positive definite (replaced by |-H|) for {laplace.indefinite}; "
               "Laplace-IS time excludes the shared mode search")
     print("L_k for every k reuses the first k samples of one draw of max(k); L_k's seconds count the encoder and those k samples only")
 
@@ -139,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         "elbo": _plain(iwae.elbo),
         "reconstruction": _plain(iwae.reconstruction),
         "kl": _plain(iwae.kl),
-        "laplace": None if laplace is None else {**_plain(laplace.estimate), "unconverged": laplace.unconverged},
+        "laplace": None if laplace is None else {
+            **_plain(laplace.estimate), "unconverged": laplace.unconverged, "indefinite": laplace.indefinite,
+        },
         "laplace_is": None if laplace_is is None else {"k": config.laplace_k, **_plain(laplace_is)},
         "active_units": active,
         "active_threshold": ACTIVE_THRESHOLD,
@@ -168,17 +174,9 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json_atomic(out_dir: Path, result: dict[str, Any]) -> Path:
-    """Write out_dir/eval.json via a temporary file, fsync and rename: a crash leaves the old file or the new one."""
-    path = out_dir / EVAL_NAME
-    temporary = out_dir / f".{EVAL_NAME}.{os.getpid()}.tmp"
+    """Write out_dir/eval.json atomically: a crash leaves the old file or the new one."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "w") as file:
-            file.write(json.dumps(result, indent=2) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise VaelabError(f"cannot write {path}: {error.strerror}; choose a writable --out") from None
-    return path
+        raise VaelabError(f"cannot create {out_dir}: {error.strerror}; choose a writable --out") from None
+    return atomic_write(out_dir / EVAL_NAME, json.dumps(result, indent=2) + "\n", what="evaluation")

@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch.func import vmap
 
-from vaelab import checkpoint, cli, evaluate_cli
-from vaelab.config import ModelConfig, TrainConfig, to_dict
-from vaelab.evaluate import (
+from vaelab import checkpoint, cli
+from vaelab.cli import evaluate as evaluate_cli
+from vaelab.config import ModelSpec, TrainConfig, to_dict
+from vaelab.distributions import LOG_2PI, bernoulli_log_prob, log_normal_diag, log_standard_normal
+from vaelab.evaluation import (
     Estimate,
     PrefixLogMeanExp,
     active_units,
@@ -21,12 +23,12 @@ from vaelab.evaluate import (
     laplace_evidence,
     laplace_importance_sampling,
     laplace_proposal,
+    model_log_joint,
     newton_mode,
-    vae_log_joint,
 )
 from vaelab.laplace import gaussian_log_evidence
+from vaelab.kernels.mlp_elbo import batch_negative_elbo
 from vaelab.models import VAE
-from vaelab.objectives import LOG_2PI, batch_negative_elbo, log_importance_weights
 
 F64 = torch.float64
 
@@ -155,15 +157,16 @@ def _prototype_images(n: int, pixels: int, seed: int) -> torch.Tensor:
 def trained() -> tuple[VAE, torch.Tensor]:
     """A 64-32-4 VAE after 300 Adam steps on prototype images, and 48 held-out images."""
     torch.manual_seed(0)
-    model = VAE(ModelConfig(input_dim=64, hidden=32, latent_dim=4))
+    model = VAE(ModelSpec(input_dim=64, hidden=32, latent_dims=4))
     data = _prototype_images(560, 64, seed=1)
     train_x, test_x = data[:512], data[512:]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     for step in range(300):
         x = train_x[torch.randint(0, 512, (32,), generator=generator)]
-        logits, mu, logvar = model(x, torch.randn(32, 4, generator=generator))
-        reconstruction, kl = batch_negative_elbo(logits, x, mu, logvar)
+        q = model.posterior(x)
+        logits = model.logits(q.rsample(torch.randn(32, 4, generator=generator)))
+        reconstruction, kl = batch_negative_elbo(logits, x, q.mu, q.logvar)
         optimizer.zero_grad()
         (reconstruction + kl).backward()
         optimizer.step()
@@ -175,12 +178,14 @@ def test_fast_bounds_match_the_reference_log_weights(trained):
     ks = [1, 7, 300]
     result = importance_weighted_evaluation(model, x, ks, seed=5)
     eps = iwae_noise(5, x.shape[0], 300, 4).double().transpose(0, 1)  # (K, B, d)
-    reference_model = VAE(model.config).double()
+    reference_model = VAE(model.spec).double()
     reference_model.load_state_dict(model.state_dict())
     with torch.no_grad():
-        mu, logvar = reference_model.encode(x.double())
+        q = reference_model.posterior(x.double())
+        mu, logvar = q.mu, q.logvar
         z = mu + torch.exp(0.5 * logvar) * eps
-        log_weights = log_importance_weights(x.double(), z, reference_model.decode(z), mu, logvar)  # (K, B)
+        # log w = log p(x|z) + log p(z) - log q(z|x), written from the densities: (K, B)
+        log_weights = bernoulli_log_prob(reference_model.logits(z), x.double()) + log_standard_normal(z) - log_normal_diag(z, mu, logvar)
     reference = iwae_from_log_weights(log_weights, ks)
     for k in ks:
         assert result.bounds[k].mean == pytest.approx(float(reference[k].mean()), abs=1e-3)
@@ -213,9 +218,9 @@ def test_bounds_rise_with_k_on_average_over_draws(trained):
 
 def test_newton_only_ascends_and_laplace_is_consistent(trained):
     model, x = trained
-    log_joint = vae_log_joint(model)
+    log_joint = model_log_joint(model)
     with torch.no_grad():
-        mu, _ = model.encode(x)
+        mu = model.posterior(x).mu
     start = vmap(log_joint)(mu.double(), x.double())
     mode = newton_mode(log_joint, mu, x)
     assert bool((mode.log_peak >= start - 1e-9).all())
@@ -251,10 +256,11 @@ def test_newton_converges_on_a_smooth_non_gaussian_posterior():
 
 def test_active_units_ignores_latents_the_encoder_mean_does_not_use():
     torch.manual_seed(0)
-    model = VAE(ModelConfig(input_dim=64, hidden=32, latent_dim=6)).eval()
+    model = VAE(ModelSpec(input_dim=64, hidden=32, latent_dims=6)).eval()
+    head = model.encoder.net.head  # 2·6 outputs: mu rows first, then logvar
     with torch.no_grad():
-        model.fc2.weight[:6] *= 20  # mu rows: clearly active ...
-        model.fc2.weight[[1, 4]] = 0.0  # ... except mu_1 and mu_4, constant in x
+        head.weight[:6] *= 20  # mu rows: clearly active ...
+        head.weight[[1, 4]] = 0.0  # ... except mu_1 and mu_4, constant in x
     x = _prototype_images(200, 64, seed=2)
     count, variances = active_units(model, x)
     assert count == 4
@@ -278,9 +284,9 @@ def test_estimate_is_mean_and_standard_error():
 
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
-    """A run directory with a 784-16-3 checkpoint in train.py's format; the split is 24 synthetic images."""
+    """A run directory with a 784-16-3 checkpoint in training's format; the split is 24 synthetic images."""
     torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig(hidden=16, latent_dim=3), dataset="mnist", binarize="dynamic", epochs=1)
+    config = TrainConfig(model=ModelSpec(hidden=16, latent_dims=3), dataset="mnist", binarize="dynamic", epochs=1)
     model = VAE(config.model)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -330,3 +336,18 @@ def test_cli_refuses_a_size_beyond_the_split(tiny_run, capsys):
     run_dir, _ = tiny_run
     assert cli.main(["evaluate", "--checkpoint", str(run_dir), "--size", "25", "--no-laplace"]) == 2
     assert "--size 25 exceeds" in capsys.readouterr().err
+
+
+def test_an_indefinite_curvature_is_replaced_by_its_magnitude_and_counted():
+    """Where Newton stops short of a maximum, -H can be indefinite: |-H| keeps the eigenvectors and
+    the eigenvalues' magnitudes; positive definite matrices pass unchanged."""
+    from vaelab.evaluation.laplace import positive_definite
+
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    indefinite = rotation @ torch.diag(torch.tensor([2.0, -0.5, 1.0], dtype=torch.float64)) @ rotation.T
+    definite = torch.diag(torch.tensor([1.0, 3.0, 0.2], dtype=torch.float64))
+    repaired, count = positive_definite(torch.stack((definite, indefinite)))
+    assert count == 1
+    assert torch.equal(repaired[0], definite)
+    expected = rotation @ torch.diag(torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)) @ rotation.T
+    torch.testing.assert_close(repaired[1], expected, rtol=1e-12, atol=1e-12)

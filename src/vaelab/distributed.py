@@ -1,0 +1,109 @@
+"""Where a process stands: its device, and its rank in a torchrun job (one place for the rank helpers).
+
+Every helper is a no-op for a single process, so the training loop reads the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from vaelab.errors import VaelabError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """"auto" -> the current accelerator (CUDA, MPS, ...) if there is one, else the CPU."""
+    if name == "auto":
+        if hasattr(torch, "accelerator") and torch.accelerator.is_available():
+            accelerator = torch.accelerator.current_accelerator()
+            return torch.device(accelerator.type, local_rank) if accelerator.type == "cuda" else accelerator
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VaelabError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VaelabError(f"--device {name} asked for CUDA but none is available; use --device cpu or auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
+    """Join the torchrun process group if launched by torchrun (gloo on CPU, NCCL on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if world_size <= 1:
+        return Distributed(), device
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def share(batch: torch.Tensor, distributed: Distributed, dim: int = 0) -> torch.Tensor:
+    """This rank's contiguous share of a global batch along `dim`: (..., B, ...) -> (..., about B / world, ...)."""
+    return torch.tensor_split(batch, distributed.world_size, dim=dim)[distributed.rank]
+
+
+def agree(flag: bool, distributed: Distributed, device: torch.device) -> bool:
+    """True on every rank when any rank's flag is true (e.g. a stop request), so that all act at the same step."""
+    if distributed.world_size == 1:
+        return flag
+    votes = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return bool(votes.item())
+
+
+def all_reduce_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tensor:
+    """The sum of `tensor` over ranks (a copy; the input is left alone)."""
+    total = tensor.clone()
+    if distributed.world_size > 1:
+        dist.all_reduce(total)
+    return total
+
+
+def main_rank_first(make: Callable[[], Any], distributed: Distributed, *, share_value: bool = False) -> Any:
+    """Run `make` on rank 0 first; if it fails there, every rank raises the same error.
+
+    Then the other ranks either take rank 0's value (share_value=True: decisions such as the run
+    directory, which must not be made twice) or run `make` themselves (share_value=False: e.g.
+    reading the data set that rank 0 has just put in the cache, too big to broadcast).
+    """
+    if distributed.world_size == 1:
+        return make()
+    outcome: list[Any] = [None]
+    value = None
+    if distributed.is_main:
+        try:
+            value = make()
+            outcome = [("ok", value if share_value else None)]
+        except VaelabError as error:
+            outcome = [("error", str(error))]
+    dist.broadcast_object_list(outcome, src=0)
+    status, shared = outcome[0]
+    if status == "error":
+        raise VaelabError(shared)
+    if distributed.is_main:
+        return value
+    return shared if share_value else make()
