@@ -221,7 +221,9 @@ def _training_result(images: int, seconds: list[float], rooflines: list[float]) 
     }
 
 
-def measure_vaelab_train(options: Options, precision: str = "fp32", threads: int = 0, autograd: bool = False) -> dict[str, Any]:
+def measure_vaelab_train(
+    options: Options, precision: str = "fp32", threads: int = 0, autograd: bool = False
+) -> dict[str, Any]:
     """vaelab.training.train itself: each window is one train() call of one epoch over --steps
     batches, timed by its history's seconds (which leave out the per-epoch test pass).
     autograd=True times the reference path (--autograd) instead of the mlp-elbo kernel."""
@@ -235,7 +237,11 @@ def measure_vaelab_train(options: Options, precision: str = "fp32", threads: int
     test_x = as_pixels(test_images[: options.batch_size])
     del train_images, test_images
     config = TrainConfig(
-        epochs=1, batch_size=options.batch_size, threads=threads or options.threads, precision=precision, seed=1,
+        epochs=1,
+        batch_size=options.batch_size,
+        threads=threads or options.threads,
+        precision=precision,
+        seed=1,
         autograd=autograd,
     )
     warm_up = min(n_train, 10 * options.batch_size)
@@ -279,7 +285,9 @@ class TemplateVAE(nn.Module):
         return self.decode(self.reparameterize(mu, logvar)), mu, logvar
 
 
-def template_loss(reconstruction: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def template_loss(
+    reconstruction: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
     """The example's loss: BCE on the sigmoid output (summed) + the closed-form KL."""
     bce = F.binary_cross_entropy(reconstruction, x.view(reconstruction.shape), reduction="sum")
     kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
@@ -289,7 +297,9 @@ def template_loss(reconstruction: torch.Tensor, x: torch.Tensor, mu: torch.Tenso
 def to_tensor(picture: Any) -> torch.Tensor:
     """torchvision's ToTensor for an 8-bit greyscale image: (H, W) uint8 -> (1, H, W) float / 255."""
     array = np.array(picture, dtype=np.uint8, copy=True)
-    return torch.from_numpy(array).view(array.shape[0], array.shape[1], 1).permute(2, 0, 1).contiguous().float().div(255)
+    return (
+        torch.from_numpy(array).view(array.shape[0], array.shape[1], 1).permute(2, 0, 1).contiguous().float().div(255)
+    )
 
 
 class PerSampleImages(torch.utils.data.Dataset):
@@ -369,7 +379,12 @@ def _time_calls(options: Options, call: Callable[[], object], images: int) -> di
         call()
         seconds.append(time.perf_counter() - started)
     median, spread = _median_spread(seconds)
-    return {"images_per_s": images / median, "spread": spread, "threads": torch.get_num_threads(), "rss": _peak_rss_mib()}
+    return {
+        "images_per_s": images / median,
+        "spread": spread,
+        "threads": torch.get_num_threads(),
+        "rss": _peak_rss_mib(),
+    }
 
 
 def measure_negative_elbo(options: Options) -> dict[str, Any]:
@@ -448,9 +463,16 @@ def parse_args(argv: list[str] | None) -> Options:
     return options
 
 
-def _row(name: str, images_per_s: float | None = None, seconds_per_epoch: float | None = None,
-         gflops: float | None = None, vs_roofline: float | None = None, vs_baseline: float | None = None,
-         spread: float | None = None, rss: float | None = None) -> str:
+def _row(
+    name: str,
+    images_per_s: float | None = None,
+    seconds_per_epoch: float | None = None,
+    gflops: float | None = None,
+    vs_roofline: float | None = None,
+    vs_baseline: float | None = None,
+    spread: float | None = None,
+    rss: float | None = None,
+) -> str:
     def cell(value: float | None, text: str, width: int) -> str:
         return f"{text if value is not None else '-':>{width}}"
 
@@ -487,9 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, python {platform.python_version()}, {os.cpu_count()} CPUs: {cpu_model}")
     print(f"CPU flags: {cpu_flags}")
     print(
-        f"data: {'MNIST' if options.mnist else 'synthetic uint8'}, {n_train} training images, batch {options.batch_size}, "
+        f"data: {'MNIST' if options.mnist else 'synthetic uint8'}, {n_train} training images, batch "
+        f"{options.batch_size}, "
         f"{options.steps} steps per window, median of {options.repeats} windows; "
-        f"{flops_per_image / 1e6:.2f} MFLOP per training image ({flops_per_image * MNIST_TRAIN / 1e12:.3f} TFLOP per 60 000-image epoch)"
+        f"{flops_per_image / 1e6:.2f} MFLOP per training image ({flops_per_image * MNIST_TRAIN / 1e12:.3f} TFLOP per "
+        "60 000-image epoch)"
     )
 
     roofline = in_fresh_process(measure_roofline, options, "float32")
@@ -511,14 +535,35 @@ def main(argv: list[str] | None = None) -> int:
 
     print(HEADER)
     print("-" * len(HEADER))
-    for name, result in (("matmul roofline fp32 (step GEMMs)", roofline), ("matmul rate bf16 (step GEMMs)", roofline_bf16)):
+    for name, result in (
+        ("matmul roofline fp32 (step GEMMs)", roofline),
+        ("matmul rate bf16 (step GEMMs)", roofline_bf16),
+    ):
         images_per_s = result["gflops"] * 1e9 / flops_per_image
-        print(_row(name, images_per_s, MNIST_TRAIN / images_per_s, result["gflops"], result["gflops"] / roofline["gflops"],
-                   spread=result["spread"], rss=result["rss"]))
+        print(
+            _row(
+                name,
+                images_per_s,
+                MNIST_TRAIN / images_per_s,
+                result["gflops"],
+                result["gflops"] / roofline["gflops"],
+                spread=result["spread"],
+                rss=result["rss"],
+            )
+        )
     for name, result in training:
-        print(_row(name, result["images_per_s"], MNIST_TRAIN / result["images_per_s"],
-                   result["images_per_s"] * flops_per_image / 1e9, result["vs_roofline"],
-                   result["images_per_s"] / baseline["images_per_s"], result["spread"], result["rss"]))
+        print(
+            _row(
+                name,
+                result["images_per_s"],
+                MNIST_TRAIN / result["images_per_s"],
+                result["images_per_s"] * flops_per_image / 1e9,
+                result["vs_roofline"],
+                result["images_per_s"] / baseline["images_per_s"],
+                result["spread"],
+                result["rss"],
+            )
+        )
     print(_row("eval: -ELBO (negative_elbo)", elbo["images_per_s"], spread=elbo["spread"], rss=elbo["rss"]))
     iwae_name = f"eval: IWAE-{options.iwae_k} (importance_weighted)"
     if "unavailable" in iwae:

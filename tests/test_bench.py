@@ -34,7 +34,9 @@ def test_flops_per_image_counts_forward_and_backward_without_the_pixels_gradient
     p, h, d = 784, 400, 20
     forward = 2 * (p * h + h * 2 * d + d * h + h * p)
     weight_grads = forward
-    input_grads = 2 * (h * 2 * d + d * h + h * p)  # none for the encoder's first layer (fc1 in vaelab 0.1): the data needs no gradient
+    input_grads = 2 * (
+        h * 2 * d + d * h + h * p
+    )  # none for the encoder's first layer (fc1 in vaelab 0.1): the data needs no gradient
     assert bench.train_flops_per_image(ModelSpec()) == forward + weight_grads + input_grads
     assert len(bench.step_gemms(128)) == 11
 
@@ -63,12 +65,20 @@ def test_baseline_loss_is_vaelabs_negative_elbo(bench):
 def test_quick_run_prints_every_row():
     completed = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--steps", "2", "--repeats", "1"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
     for row in (
-        "torch ", "CPU flags:", "threads:",
-        "matmul roofline fp32", "train: vaelab fp32", "train: vaelab bf16", "train: DataLoader template",
-        "eval: -ELBO", "eval: IWAE-",
+        "torch ",
+        "CPU flags:",
+        "threads:",
+        "matmul roofline fp32",
+        "train: vaelab fp32",
+        "train: vaelab bf16",
+        "train: DataLoader template",
+        "eval: -ELBO",
+        "eval: IWAE-",
     ):
         assert row in completed.stdout, f"{row!r} missing from:\n{completed.stdout}"

@@ -22,7 +22,12 @@ SMALL = ModelSpec(input_dim=16, hidden=8, latent_dims=2)
 def vaelab_state(model_config=SMALL, weights_config=SMALL):
     """A minimal checkpoint: weights of `weights_config`, config claiming `model_config`."""
     torch.manual_seed(0)
-    return {"model": VAE(weights_config).state_dict(), "config": to_dict(TrainConfig(model=model_config)), "epoch": 1, "step": 0}
+    return {
+        "model": VAE(weights_config).state_dict(),
+        "config": to_dict(TrainConfig(model=model_config)),
+        "epoch": 1,
+        "step": 0,
+    }
 
 
 class PlantedCode:
@@ -63,7 +68,9 @@ def test_an_unwritable_location_is_a_clear_error(tmp_path):
 
 
 def test_temporaries_of_dead_writers_are_removed_at_the_next_save_and_never_loaded(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     stale = tmp_path / f".checkpoint.pt.{int(dead.stdout)}.tmp"
     stale.write_bytes(b"half a checkpoint")
     alive = tmp_path / f".checkpoint.pt.{os.getppid()}.tmp"  # a live process's file is left alone
@@ -129,7 +136,9 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, damage, match, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("content", [[1, 2], {"model": torch.zeros(3), "config": {}}, {"model": {}, "config": "x"}, {"weights": {}}])
+@pytest.mark.parametrize(
+    "content", [[1, 2], {"model": torch.zeros(3), "config": {}}, {"model": {}, "config": "x"}, {"weights": {}}]
+)
 def test_a_file_that_is_not_a_vaelab_checkpoint_is_refused(tmp_path, content):
     torch.save(content, tmp_path / "checkpoint.pt")
     with pytest.raises(VaelabError, match="is not a vaelab checkpoint"):
@@ -137,7 +146,9 @@ def test_a_file_that_is_not_a_vaelab_checkpoint_is_refused(tmp_path, content):
 
 
 def test_sample_refuses_weights_that_do_not_match_their_config(tmp_path, capsys):
-    checkpoint.save(vaelab_state(model_config=ModelSpec(input_dim=16, hidden=9, latent_dims=2)), tmp_path / "checkpoint.pt")
+    checkpoint.save(
+        vaelab_state(model_config=ModelSpec(input_dim=16, hidden=9, latent_dims=2)), tmp_path / "checkpoint.pt"
+    )
     assert main(["sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights do not fit the saved architecture" in err[0], err
@@ -164,8 +175,10 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
 
 VERSION_1_LAYERS = {
-    "encoder.net.trunk.0": "fc1", "encoder.net.head": "fc2",
-    "likelihood.decoder.trunk.0": "fc3", "likelihood.decoder.head": "fc4",
+    "encoder.net.trunk.0": "fc1",
+    "encoder.net.head": "fc2",
+    "likelihood.decoder.trunk.0": "fc3",
+    "likelihood.decoder.head": "fc4",
 }
 
 
@@ -178,7 +191,11 @@ def as_version_1(state):
         old["model"][f"{VERSION_1_LAYERS[layer]}.{parameter}"] = value
     config = {key: value for key, value in state["config"].items() if key != "objective"}  # 0.1 had no objective
     model = config["model"]
-    config["model"] = {"input_dim": model["input_dim"], "hidden": model["hidden"][0], "latent_dim": model["latent_dims"][0]}
+    config["model"] = {
+        "input_dim": model["input_dim"],
+        "hidden": model["hidden"][0],
+        "latent_dim": model["latent_dims"][0],
+    }
     old["config"] = config
     old["running"] = state["running"][1:].clone()  # (reconstruction, KL)
     old["format_version"] = 1
@@ -188,8 +205,22 @@ def as_version_1(state):
 def test_a_version_1_checkpoint_is_upgraded_on_load_and_resumes(tiny_idx_dir, tmp_path, capsys):
     data_dir = tiny_idx_dir(n_train=16, n_test=8)
     new, old = tmp_path / "new", tmp_path / "old"
-    argv = ["train", "--dataset", "idx", "--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "8",
-            "--hidden", "8", "--latent-dim", "2", "--no-progress"]
+    argv = [
+        "train",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--no-progress",
+    ]
     assert main([*argv, "--out", str(new)]) == 0
     assert main([*argv, "--out", str(old)]) == 0
     version_1 = as_version_1(checkpoint.load(new))

@@ -12,7 +12,19 @@ from vaelab.config import ModelSpec
 from vaelab.evaluation import negative_elbo
 from vaelab.models import VAE
 
-TINY = ["--dataset", "idx", "--epochs", "1", "--batch-size", "8", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
+TINY = [
+    "--dataset",
+    "idx",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--hidden",
+    "16",
+    "--latent-dim",
+    "2",
+    "--no-progress",
+]
 
 
 def run_ok(argv, capsys):
@@ -35,7 +47,15 @@ def test_train_writes_every_output_and_sample_reads_the_run(tiny_idx_dir, tmp_pa
     data_dir, out = tiny_idx_dir(n_train=32, n_test=8), tmp_path / "run"
     out_text = run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out)], capsys)
     assert "test -ELBO" in out_text
-    for name in ("config.json", "command.txt", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png", "loss.png"):
+    for name in (
+        "config.json",
+        "command.txt",
+        "metrics.csv",
+        "checkpoint.pt",
+        "samples.png",
+        "reconstructions.png",
+        "loss.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for target in (out, out / "checkpoint.pt"):
@@ -91,9 +111,19 @@ def test_unwritable_output_directory_is_refused(tiny_idx_dir, tmp_path, capsys):
 
 
 def test_help_names_every_default():
-    result = subprocess.run([sys.executable, "-m", "vaelab", "train", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "vaelab", "train", "--help"], capture_output=True, text=True, check=True
+    )
     text = " ".join(result.stdout.split())
-    for default in ("(default: 10)", "(default: 128)", "(default: 0.001)", "(default: 20)", "(default: 400)", "(default: 1)", "(default: mnist)"):
+    for default in (
+        "(default: 10)",
+        "(default: 128)",
+        "(default: 0.001)",
+        "(default: 20)",
+        "(default: 400)",
+        "(default: 1)",
+        "(default: mnist)",
+    ):
         assert default in text
 
 
@@ -101,7 +131,10 @@ def test_help_names_every_default():
 def test_short_real_mnist_training_through_the_cli(tmp_path, capsys):
     """A few hundred real MNIST images: the outputs exist and the test loss falls below the untrained model's."""
     out = tmp_path / "run"
-    run_ok(["train", "--train-size", "512", "--test-size", "256", "--epochs", "2", "--out", str(out), "--no-progress"], capsys)
+    run_ok(
+        ["train", "--train-size", "512", "--test-size", "256", "--epochs", "2", "--out", str(out), "--no-progress"],
+        capsys,
+    )
     with open(out / "metrics.csv") as file:
         rows = list(csv.DictReader(file))
     from vaelab.data import load_dataset, pixels
@@ -127,18 +160,61 @@ def test_model_and_objective_options_build_the_run_and_config_replays_it(tiny_id
     from vaelab.config import TrainConfig, load_json
 
     data_dir, first, again = tiny_idx_dir(n_train=32, n_test=8), tmp_path / "first", tmp_path / "again"
-    options = ["--layers", "2", "--latent-dim", "3", "2", "--hidden", "12", "--depth", "2", "--activation", "tanh",
-               "--prior", "vamp", "--pseudo-inputs", "4", "--objective", "dreg", "--k", "3", "--binarize", "dynamic"]
+    options = [
+        "--layers",
+        "2",
+        "--latent-dim",
+        "3",
+        "2",
+        "--hidden",
+        "12",
+        "--depth",
+        "2",
+        "--activation",
+        "tanh",
+        "--prior",
+        "vamp",
+        "--pseudo-inputs",
+        "4",
+        "--objective",
+        "dreg",
+        "--k",
+        "3",
+        "--binarize",
+        "dynamic",
+    ]
     out_text = run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(first), *options], capsys)
     assert "gradient: autograd (mlp-elbo-by-hand: 2 stochastic layers" in out_text
     config = load_json(TrainConfig, first / "config.json")
-    assert config.model == ModelSpec(latent_dims=(3, 2), hidden=(12, 12), depth=2, activation="tanh", prior="vamp", pseudo_inputs=4)
+    assert config.model == ModelSpec(
+        latent_dims=(3, 2), hidden=(12, 12), depth=2, activation="tanh", prior="vamp", pseudo_inputs=4
+    )
     assert (config.objective.name, config.objective.k) == ("dreg", 3)
     run_ok(["train", "--config", str(first / "config.json"), "--out", str(again), "--no-progress"], capsys)
     assert json.loads((again / "config.json").read_text()) == json.loads((first / "config.json").read_text())
-    assert (again / "metrics.csv").read_text().split("\n")[1].split(",")[:5] == (first / "metrics.csv").read_text().split("\n")[1].split(",")[:5]
-    run_refused(["train", "--config", str(first / "config.json"), "--out", str(tmp_path / "x"), "--k", "2", "--objective", "elbo"], capsys, "--k 2 applies to --objective iwae or dreg")
-    run_refused(["train", "--config", str(first / "config.json"), "--out", str(first), "--resume", "--epochs", "3"], capsys, "give one of them")
+    assert (again / "metrics.csv").read_text().split("\n")[1].split(",")[:5] == (
+        first / "metrics.csv"
+    ).read_text().split("\n")[1].split(",")[:5]
+    run_refused(
+        [
+            "train",
+            "--config",
+            str(first / "config.json"),
+            "--out",
+            str(tmp_path / "x"),
+            "--k",
+            "2",
+            "--objective",
+            "elbo",
+        ],
+        capsys,
+        "--k 2 applies to --objective iwae or dreg",
+    )
+    run_refused(
+        ["train", "--config", str(first / "config.json"), "--out", str(first), "--resume", "--epochs", "3"],
+        capsys,
+        "give one of them",
+    )
 
 
 def test_layers_take_one_value_for_all_or_one_each(capsys):

@@ -76,7 +76,7 @@ def test_idx_round_trip(tmp_path, suffix, shape):
 def test_idx_layout_is_big_endian_header_then_values(tmp_path):
     tensor = torch.arange(6, dtype=torch.uint8).reshape(2, 3)
     write_idx(tmp_path / "x", tensor)
-    assert (tmp_path / "x").read_bytes() == bytes.fromhex("00000802" "00000002" "00000003") + bytes(range(6))
+    assert (tmp_path / "x").read_bytes() == bytes.fromhex("000008020000000200000003") + bytes(range(6))
 
 
 def test_write_idx_refuses_what_idx_here_cannot_hold(tmp_path):
@@ -151,9 +151,7 @@ def near_valid_idx(draw):
     magic = bytearray([0, 0, 0x08, ndim])
     if draw(st.booleans()):
         magic[draw(st.integers(0, 3))] = draw(st.integers(0, 255))
-    dim = st.one_of(
-        st.integers(0, 6), st.integers(0, 2**32 - 1), st.sampled_from([2**16, 2**31 - 1, 2**31, 2**32 - 1])
-    )
+    dim = st.one_of(st.integers(0, 6), st.integers(0, 2**32 - 1), st.sampled_from([2**16, 2**31 - 1, 2**31, 2**32 - 1]))
     dims = draw(st.lists(dim, min_size=ndim, max_size=ndim))
     declared = int(np.prod(dims, dtype=object)) if dims else 0
     length = max(0, min(declared, 300) + draw(st.integers(-2, 2)))

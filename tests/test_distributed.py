@@ -30,12 +30,26 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def torchrun_command(args, log_dir):
     """`vaelab ARGS` under torchrun with 2 CPU processes; each rank's output goes to log_dir."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "--redirects", "3", "--log-dir", str(log_dir), "-m", "vaelab", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--redirects",
+        "3",
+        "--log-dir",
+        str(log_dir),
+        "-m",
+        "vaelab",
+        *args,
+    ]
 
 
 def torchrun(args, log_dir):
-    return subprocess.run(torchrun_command(args, log_dir), capture_output=True, text=True, env=ONE_THREAD, timeout=TORCHRUN_TIMEOUT_S)
+    return subprocess.run(
+        torchrun_command(args, log_dir), capture_output=True, text=True, env=ONE_THREAD, timeout=TORCHRUN_TIMEOUT_S
+    )
 
 
 def rank_log(log_dir, rank, stream):
@@ -45,7 +59,18 @@ def rank_log(log_dir, rank, stream):
 
 def test_two_processes_follow_one_and_only_rank_0_writes(tiny_idx_dir, tmp_path, capsys):
     data_dir = tiny_idx_dir(n_train=40, n_test=8)  # 5 global batches of 8, 4 images per rank
-    args = ["train", *TINY, "--data-dir", str(data_dir), "--epochs", "1", "--checkpoint-every", "2", "--binarize", "dynamic"]
+    args = [
+        "train",
+        *TINY,
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--binarize",
+        "dynamic",
+    ]
     launched = torchrun([*args, "--out", str(tmp_path / "ddp")], tmp_path / "logs")
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert main([*args, "--out", str(tmp_path / "single"), "--no-progress"]) == 0
@@ -60,7 +85,9 @@ def test_two_processes_follow_one_and_only_rank_0_writes(tiny_idx_dir, tmp_path,
     assert torch.equal(ddp_state["generator"], single_state["generator"])
 
     # rank 0 alone writes files, prints and shows progress; rank 1 says nothing
-    assert sorted(path.name for path in (tmp_path / "ddp").iterdir()) == sorted(path.name for path in (tmp_path / "single").iterdir())
+    assert sorted(path.name for path in (tmp_path / "ddp").iterdir()) == sorted(
+        path.name for path in (tmp_path / "single").iterdir()
+    )
     assert "world size: 2" in rank_log(tmp_path / "logs", 0, "stdout")
     assert "epoch 1/1" in rank_log(tmp_path / "logs", 0, "stderr")  # the progress bar
     assert rank_log(tmp_path / "logs", 1, "stdout") == "" and rank_log(tmp_path / "logs", 1, "stderr") == ""
@@ -82,7 +109,9 @@ def test_two_processes_follow_one_and_only_rank_0_writes(tiny_idx_dir, tmp_path,
 )
 def test_a_bad_argument_under_torchrun_fails_cleanly_on_every_rank(tiny_idx_dir, tmp_path, bad, message):
     data_dir, out = tiny_idx_dir(n_train=40, n_test=8), tmp_path / "run"
-    launched = torchrun(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out), "--no-progress", *bad], tmp_path / "logs")
+    launched = torchrun(
+        ["train", *TINY, "--data-dir", str(data_dir), "--out", str(out), "--no-progress", *bad], tmp_path / "logs"
+    )
     assert launched.returncode != 0
     # Each rank prints the one line and exits 2; torchrun may stop a rank with SIGTERM before it
     # prints, once the other has exited, but never before one of them has said why.
@@ -93,12 +122,16 @@ def test_a_bad_argument_under_torchrun_fails_cleanly_on_every_rank(tiny_idx_dir,
     assert not (out / "checkpoint.pt").exists()
 
 
-def test_ctrl_c_under_torchrun_checkpoints_every_rank_and_a_single_process_finishes_the_run(tiny_idx_dir, tmp_path, capsys):
+def test_ctrl_c_under_torchrun_checkpoints_every_rank_and_a_single_process_finishes_the_run(
+    tiny_idx_dir, tmp_path, capsys
+):
     data_dir, out = tiny_idx_dir(n_train=800, n_test=8), tmp_path / "ddp"  # 100 global batches per epoch
     args = ["train", *TINY, "--data-dir", str(data_dir), "--epochs", "2", "--no-progress"]
     command = torchrun_command([*args, "--checkpoint-every", "10", "--out", str(out)], tmp_path / "logs")
     # A session of its own, so that SIGINT goes to torchrun and its workers as a Ctrl-C would.
-    launched = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD, start_new_session=True)
+    launched = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD, start_new_session=True
+    )
     try:
         wait_for(out / "checkpoint.pt", launched, timeout_s=TORCHRUN_TIMEOUT_S)
         os.killpg(launched.pid, signal.SIGINT)

@@ -1,4 +1,5 @@
-"""The derivations (a), (b), (c) and the log-densities, checked against exact cases, torch.distributions and Monte Carlo."""
+"""The derivations (a), (b), (c) and the log-densities, checked against exact cases, torch.distributions and Monte
+Carlo."""
 
 import math
 
@@ -22,7 +23,6 @@ from vaelab.kernels.mlp_elbo import batch_negative_elbo
 
 gaussian_kl = kl_normal_diag_standard
 bernoulli_log_likelihood = bernoulli_log_prob
-
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")

@@ -58,14 +58,22 @@ class LinearGaussian:
 
     def sample_x(self, n: int) -> torch.Tensor:
         z = torch.randn(n, self.W.shape[1], generator=self.generator, dtype=F64)
-        return z @ self.W.T + self.b + math.sqrt(self.s2) * torch.randn(n, self.W.shape[0], generator=self.generator, dtype=F64)
+        return (
+            z @ self.W.T
+            + self.b
+            + math.sqrt(self.s2) * torch.randn(n, self.W.shape[0], generator=self.generator, dtype=F64)
+        )
 
     def log_joint(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x, z) for z (..., d), x broadcastable (..., P) -> (...)."""
         residual = x - z @ self.W.T - self.b
         observed, latent = self.W.shape
-        return (-0.5 * residual.square().sum(-1) / self.s2 - 0.5 * observed * math.log(2 * math.pi * self.s2)
-                - 0.5 * z.square().sum(-1) - 0.5 * latent * LOG_2PI)
+        return (
+            -0.5 * residual.square().sum(-1) / self.s2
+            - 0.5 * observed * math.log(2 * math.pi * self.s2)
+            - 0.5 * z.square().sum(-1)
+            - 0.5 * latent * LOG_2PI
+        )
 
     def log_evidence(self, x: torch.Tensor) -> torch.Tensor:
         covariance = self.W @ self.W.T + self.s2 * torch.eye(self.W.shape[0], dtype=F64)
@@ -85,7 +93,9 @@ def test_laplace_is_exact_on_a_gaussian_posterior():
     assert bool(mode.converged.all())
     torch.testing.assert_close(mode.z, mean, rtol=0, atol=1e-10)
     torch.testing.assert_close(mode.neg_hessian, torch.linalg.inv(covariance).expand(4, 3, 3), rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(gaussian_log_evidence(mode.log_peak, mode.neg_hessian), model.log_evidence(x), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        gaussian_log_evidence(mode.log_peak, mode.neg_hessian), model.log_evidence(x), rtol=0, atol=1e-10
+    )
 
 
 def test_laplace_importance_sampling_has_zero_variance_on_a_gaussian_posterior():
@@ -185,7 +195,11 @@ def test_fast_bounds_match_the_reference_log_weights(trained):
         mu, logvar = q.mu, q.logvar
         z = mu + torch.exp(0.5 * logvar) * eps
         # log w = log p(x|z) + log p(z) - log q(z|x), written from the densities: (K, B)
-        log_weights = bernoulli_log_prob(reference_model.logits(z), x.double()) + log_standard_normal(z) - log_normal_diag(z, mu, logvar)
+        log_weights = (
+            bernoulli_log_prob(reference_model.logits(z), x.double())
+            + log_standard_normal(z)
+            - log_normal_diag(z, mu, logvar)
+        )
     reference = iwae_from_log_weights(log_weights, ks)
     for k in ks:
         assert result.bounds[k].mean == pytest.approx(float(reference[k].mean()), abs=1e-3)
@@ -290,7 +304,10 @@ def tiny_run(tmp_path, monkeypatch):
     model = VAE(config.model)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    checkpoint.save({"model": model.state_dict(), "config": to_dict(config), "epoch": 1, "step": 10}, run_dir / checkpoint.CHECKPOINT_NAME)
+    checkpoint.save(
+        {"model": model.state_dict(), "config": to_dict(config), "epoch": 1, "step": 10},
+        run_dir / checkpoint.CHECKPOINT_NAME,
+    )
     images = torch.randint(0, 256, (24, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     requests = []
 
@@ -304,10 +321,23 @@ def tiny_run(tmp_path, monkeypatch):
 
 def test_cli_writes_eval_json(tiny_run, capsys):
     run_dir, requests = tiny_run
-    assert cli.main(["evaluate", "--checkpoint", str(run_dir), "--k", "10", "1", "--laplace-k", "8", "--size", "20"]) == 0
+    assert (
+        cli.main(["evaluate", "--checkpoint", str(run_dir), "--k", "10", "1", "--laplace-k", "8", "--size", "20"]) == 0
+    )
     assert requests == [("mnist", "test", None)]
     result = json.loads((run_dir / "eval.json").read_text())
-    for key in ("iwae", "laplace", "laplace_is", "active_units", "seed", "split", "binarization", "reconstruction", "kl", "checkpoint_sha256"):
+    for key in (
+        "iwae",
+        "laplace",
+        "laplace_is",
+        "active_units",
+        "seed",
+        "split",
+        "binarization",
+        "reconstruction",
+        "kl",
+        "checkpoint_sha256",
+    ):
         assert key in result, key
     assert [row["k"] for row in result["iwae"]] == [1, 10]
     for row in (*result["iwae"], result["laplace"], result["laplace_is"]):
@@ -325,7 +355,23 @@ def test_cli_writes_eval_json(tiny_run, capsys):
 def test_cli_grey_levels_warn_and_out_dir(tiny_run, tmp_path, capsys):
     run_dir, _ = tiny_run
     out = tmp_path / "elsewhere"
-    assert cli.main(["evaluate", "--checkpoint", str(run_dir), "--k", "3", "--binarize", "none", "--no-laplace", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run_dir),
+                "--k",
+                "3",
+                "--binarize",
+                "none",
+                "--no-laplace",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "eval.json").read_text())
     assert result["binarization"] == "none" and result["laplace"] is None and result["laplace_is"] is None
     assert "not a normalised density" in capsys.readouterr().err

@@ -86,7 +86,9 @@ def test_two_epochs_then_resume_to_four_equals_four_straight(tiny_idx_dir, tmp_p
     binarize_args = ("--binarize", binarize)
     assert run(train_args(data_dir, tmp_path / "straight", "--epochs", "4", *binarize_args), capsys)[0] == 0
     assert run(train_args(data_dir, tmp_path / "split", "--epochs", "2", *binarize_args), capsys)[0] == 0
-    assert run(["train", "--out", str(tmp_path / "split"), "--resume", "--epochs", "4", "--no-progress"], capsys)[0] == 0
+    assert (
+        run(["train", "--out", str(tmp_path / "split"), "--resume", "--epochs", "4", "--no-progress"], capsys)[0] == 0
+    )
     assert_same_training(tmp_path / "straight", tmp_path / "split")
 
 
@@ -114,7 +116,9 @@ def stop_at_call(monkeypatch, call):
     [(3, "dynamic", (0, 3)), (5, "none", (1, 0)), (7, "none", (1, 2))],
     ids=["inside epoch 1", "on the last step of epoch 1", "inside epoch 2"],
 )
-def test_an_interrupted_run_resumes_bit_identically(tiny_idx_dir, tmp_path, capsys, monkeypatch, call, binarize, saved_at):
+def test_an_interrupted_run_resumes_bit_identically(
+    tiny_idx_dir, tmp_path, capsys, monkeypatch, call, binarize, saved_at
+):
     data_dir = tiny_idx_dir(n_train=40, n_test=8)  # 5 steps per epoch
     options = ("--epochs", "3", "--binarize", binarize)
     assert run(train_args(data_dir, tmp_path / "straight", *options), capsys)[0] == 0
@@ -133,7 +137,6 @@ def test_an_interrupted_run_resumes_bit_identically(tiny_idx_dir, tmp_path, caps
 # --------------------------------------------------------------------------------------------
 # 2. SIGINT / SIGTERM to a real training process
 # --------------------------------------------------------------------------------------------
-
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -191,7 +194,9 @@ def test_kill_9_at_random_moments_never_leaves_a_broken_checkpoint(tiny_idx_dir,
     progress, strays = [], 0
     for _ in range(12):
         resume = (out / "checkpoint.pt").exists()
-        argv = train_args(data_dir, out, "--epochs", "1000", "--checkpoint-every", "1", "--resume" if resume else "--overwrite")
+        argv = train_args(
+            data_dir, out, "--epochs", "1000", "--checkpoint-every", "1", "--resume" if resume else "--overwrite"
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12 warns on fork with threads
             process = context.Process(target=_train_silently, args=(argv,))
@@ -209,7 +214,9 @@ def test_kill_9_at_random_moments_never_leaves_a_broken_checkpoint(tiny_idx_dir,
             progress.append(state["epoch"] * 25 + state["step"])
     assert len(progress) >= 6 and progress == sorted(progress) and progress[-1] > 0, progress  # each restart resumed
     checkpoint.save(checkpoint.load(out), out / "checkpoint.pt")
-    assert not list(out.glob(".checkpoint.pt.*.tmp")), f"{strays} temporaries left by killed writers were not cleaned up"
+    assert not list(out.glob(".checkpoint.pt.*.tmp")), (
+        f"{strays} temporaries left by killed writers were not cleaned up"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,9 +233,13 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
         saved.append(path.read_bytes())
 
     monkeypatch.setattr(checkpoint, "save", save_and_remember)
-    config = TrainConfig(model=ModelSpec(input_dim=16, hidden=8, latent_dims=2), epochs=2, batch_size=8, lr=1e3, checkpoint_every=1)
+    config = TrainConfig(
+        model=ModelSpec(input_dim=16, hidden=8, latent_dims=2), epochs=2, batch_size=8, lr=1e3, checkpoint_every=1
+    )
     train_x = torch.rand(64, 16, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(VaelabError, match=r"non-finite loss \((nan|inf)\) at epoch 1, step (\d+) \(images \[") as raised:
+    with pytest.raises(
+        VaelabError, match=r"non-finite loss \((nan|inf)\) at epoch 1, step (\d+) \(images \["
+    ) as raised:
         train(config, train_x, train_x[:8], tmp_path, progress=False)
     failed_step = int(re.search(r"step (\d+)", str(raised.value)).group(1))
     assert 1 <= failed_step == len(saved)  # one checkpoint per good step, then the failure
@@ -239,21 +250,32 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
 
 @pytest.mark.parametrize("checkpoint_every", [0, 3])
-def test_on_an_accelerator_the_loss_is_read_every_few_steps_and_always_before_a_save(tmp_path, monkeypatch, checkpoint_every):
+def test_on_an_accelerator_the_loss_is_read_every_few_steps_and_always_before_a_save(
+    tmp_path, monkeypatch, checkpoint_every
+):
     """The accelerators' cadence, run on the CPU: reads every 4 steps and before each save; the
     error names the unread steps, and every checkpoint written holds finite weights."""
     monkeypatch.setattr(loop_module, "LOSS_READ_EVERY", {"cpu": 4})
     saved = []
     real_save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda state, path: (real_save(state, path), saved.append(state)))
-    config = TrainConfig(model=ModelSpec(input_dim=16, hidden=8, latent_dims=2), epochs=1, batch_size=8, lr=1e3,
-                         checkpoint_every=checkpoint_every)
+    config = TrainConfig(
+        model=ModelSpec(input_dim=16, hidden=8, latent_dims=2),
+        epochs=1,
+        batch_size=8,
+        lr=1e3,
+        checkpoint_every=checkpoint_every,
+    )
     train_x = torch.rand(160, 16, generator=torch.Generator().manual_seed(0))  # 20 steps
-    with pytest.raises(VaelabError, match=r"non-finite loss \((nan|inf)\) at epoch 1, (one of steps|step) (\d+)") as raised:
+    with pytest.raises(
+        VaelabError, match=r"non-finite loss \((nan|inf)\) at epoch 1, (one of steps|step) (\d+)"
+    ) as raised:
         train(config, train_x, train_x[:8], tmp_path, progress=False)
     first, last = map(int, re.search(r"steps? (\d+)(?:-(\d+))?", str(raised.value)).groups(default="-1"))
     last = first if last == -1 else last
-    reads_at = {step for step in range(20) if (step + 1) % 4 == 0 or (checkpoint_every and (step + 1) % checkpoint_every == 0)}
+    reads_at = {
+        step for step in range(20) if (step + 1) % 4 == 0 or (checkpoint_every and (step + 1) % checkpoint_every == 0)
+    }
     assert last in reads_at and first == max([step + 1 for step in reads_at if step < last], default=0)
     for state in saved:
         assert all(torch.isfinite(value).all() for value in state["model"].values())
@@ -321,7 +343,11 @@ def missing_file(directory):
     ],
 )
 def test_bad_data_is_refused_and_the_earlier_run_is_left_intact(tiny_idx_dir, tmp_path, capsys, damage, match):
-    good, bad, out = tiny_idx_dir(n_train=16, n_test=8, gz=True), tiny_idx_dir(n_train=16, n_test=8, gz=True), tmp_path / "run"
+    good, bad, out = (
+        tiny_idx_dir(n_train=16, n_test=8, gz=True),
+        tiny_idx_dir(n_train=16, n_test=8, gz=True),
+        tmp_path / "run",
+    )
     assert run(train_args(good, out, "--epochs", "1"), capsys)[0] == 0
     before = snapshot(out)
     damage(bad)
@@ -346,7 +372,9 @@ def test_bad_data_is_refused_and_the_earlier_run_is_left_intact(tiny_idx_dir, tm
         (["--batch-size", "17"], "--batch-size 17 exceeds the 16 training images"),
     ],
 )
-def test_out_of_range_options_are_refused_and_the_earlier_run_is_left_intact(tiny_idx_dir, tmp_path, capsys, extra, match):
+def test_out_of_range_options_are_refused_and_the_earlier_run_is_left_intact(
+    tiny_idx_dir, tmp_path, capsys, extra, match
+):
     data_dir, out = tiny_idx_dir(n_train=16, n_test=8), tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"an earlier run")

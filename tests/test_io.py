@@ -17,7 +17,10 @@ def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous_checkp
     before = path.read_bytes()
 
     def full_disk(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write "
+            "failed"
+        )
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(VaelabError) as raised:
@@ -36,7 +39,9 @@ def test_no_space_left_is_one_line_and_keeps_the_previous_file(tmp_path, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(VaelabError, match="cannot write metrics file .*No space left on device; the previous metrics file is kept"):
+    with pytest.raises(
+        VaelabError, match="cannot write metrics file .*No space left on device; the previous metrics file is kept"
+    ):
         atomic_write(path, "new\n", what="metrics file")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]

@@ -23,7 +23,11 @@ def reference(model, x, eps, kl_weight=1.0):
     model.zero_grad(set_to_none=True)
     terms = elbo(model, x, eps.unsqueeze(0), kl_weight)
     terms.surrogate.backward()
-    return terms.reconstruction.sum().detach(), terms.kl.sum().detach(), [p.grad.clone() for p in mlp_elbo.parameters(model)]
+    return (
+        terms.reconstruction.sum().detach(),
+        terms.kl.sum().detach(),
+        [p.grad.clone() for p in mlp_elbo.parameters(model)],
+    )
 
 
 def by_hand(model, x, eps, compute_dtype=None, kl_weight=1.0):
@@ -45,8 +49,12 @@ def problem(input_dim, hidden, latent_dim, batch, seed, dtype=torch.float64, bin
 
 @settings(max_examples=25, deadline=None)
 @given(
-    input_dim=st.integers(1, 40), hidden=st.integers(1, 30), latent_dim=st.integers(1, 6),
-    batch=st.integers(1, 9), seed=st.integers(0, 2**16), binary=st.booleans(),
+    input_dim=st.integers(1, 40),
+    hidden=st.integers(1, 30),
+    latent_dim=st.integers(1, 6),
+    batch=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+    binary=st.booleans(),
     kl_weight=st.sampled_from([1.0, 0.0, 0.37, 4.0]),
 )
 def test_the_gradient_by_hand_is_autograd_s_in_float64(input_dim, hidden, latent_dim, batch, seed, binary, kl_weight):
@@ -103,7 +111,9 @@ def test_training_by_hand_follows_the_autograd_path(precision, autograd_option, 
     needs autograd's graph): the same batches and noise, so the weights differ only by rounding."""
     generator = torch.Generator().manual_seed(0)
     train_x, test_x = torch.rand(96, 16, generator=generator), torch.rand(16, 16, generator=generator)
-    settings_ = dict(model=ModelSpec(input_dim=16, hidden=12, latent_dims=2), epochs=2, batch_size=16, precision=precision)
+    settings_ = dict(
+        model=ModelSpec(input_dim=16, hidden=12, latent_dims=2), epochs=2, batch_size=16, precision=precision
+    )
     calls = []
     monkeypatch.setattr(mlp_elbo, "negative_elbo_gradients", lambda *args: calls.append(1) or by_hand_step(*args))
     hand = train(TrainConfig(**settings_), train_x, test_x, progress=False)
@@ -126,7 +136,11 @@ OUTSIDE = {
     "two layers": (ModelSpec(input_dim=16, hidden=12, latent_dims=(3, 2)), ObjectiveSpec(), Runtime()),
     "depth 2": (ModelSpec(input_dim=16, hidden=12, latent_dims=2, depth=2), ObjectiveSpec(), Runtime()),
     "tanh": (ModelSpec(input_dim=16, hidden=12, latent_dims=2, activation="tanh"), ObjectiveSpec(), Runtime()),
-    "VampPrior": (ModelSpec(input_dim=16, hidden=12, latent_dims=2, prior="vamp", pseudo_inputs=3), ObjectiveSpec(), Runtime()),
+    "VampPrior": (
+        ModelSpec(input_dim=16, hidden=12, latent_dims=2, prior="vamp", pseudo_inputs=3),
+        ObjectiveSpec(),
+        Runtime(),
+    ),
     "gaussian": (ModelSpec(input_dim=16, hidden=12, latent_dims=2, likelihood="gaussian"), ObjectiveSpec(), Runtime()),
     "iwae": (SERVED, ObjectiveSpec(name="iwae", k=3), Runtime()),
     "dreg": (SERVED, ObjectiveSpec(name="dreg", k=3), Runtime()),
@@ -137,7 +151,10 @@ OUTSIDE = {
 
 def test_the_kernel_serves_the_pytorch_example_s_model_with_the_elbo_and_beta():
     assert training_kernel(ModelSpec(), ObjectiveSpec(), Runtime()) is mlp_elbo
-    assert training_kernel(SERVED, ObjectiveSpec(name="beta", beta=0.5, warmup_epochs=2), Runtime(precision="bf16")) is mlp_elbo
+    assert (
+        training_kernel(SERVED, ObjectiveSpec(name="beta", beta=0.5, warmup_epochs=2), Runtime(precision="bf16"))
+        is mlp_elbo
+    )
 
 
 @pytest.mark.parametrize("case", sorted(OUTSIDE))
@@ -149,18 +166,24 @@ def test_a_run_outside_the_kernel_s_support_trains_through_autograd(case, monkey
         return  # tests/test_distributed.py trains under torchrun
     monkeypatch.setattr(mlp_elbo, "negative_elbo_gradients", lambda *args: pytest.fail("the kernel ran"))
     generator = torch.Generator().manual_seed(0)
-    train_x, test_x = (torch.rand(32, 16, generator=generator) > 0.5).float(), (torch.rand(8, 16, generator=generator) > 0.5).float()
+    train_x, test_x = (
+        (torch.rand(32, 16, generator=generator) > 0.5).float(),
+        (torch.rand(8, 16, generator=generator) > 0.5).float(),
+    )
     config = TrainConfig(model=model, objective=objective, autograd=runtime.autograd, epochs=1, batch_size=16)
     result = train(config, train_x, test_x, progress=False)
     assert len(result.history) == 1
 
 
-@pytest.mark.parametrize("spec", [
-    ModelSpec(input_dim=30, hidden=9, latent_dims=3),
-    ModelSpec(input_dim=30, hidden=9, latent_dims=3, depth=2, activation="tanh"),
-    ModelSpec(input_dim=30, hidden=(9, 7), latent_dims=(4, 2)),
-    ModelSpec(input_dim=30, hidden=9, latent_dims=3, depth=0),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(input_dim=30, hidden=9, latent_dims=3),
+        ModelSpec(input_dim=30, hidden=9, latent_dims=3, depth=2, activation="tanh"),
+        ModelSpec(input_dim=30, hidden=(9, 7), latent_dims=(4, 2)),
+        ModelSpec(input_dim=30, hidden=9, latent_dims=3, depth=0),
+    ],
+)
 def test_the_fused_decoder_is_the_model_s_log_likelihood(spec):
     torch.manual_seed(0)
     model = build_model(spec)

@@ -19,18 +19,30 @@ def test_initialisation_draws_the_example_s_layers_in_its_order():
     """Under one seed, the layers get the weights nn.Linear layers created in the example's order
     (fc1, fc2 = fc21 + fc22, fc3, fc4) would get: so `--seed 1` trains the same model as vaelab 0.1."""
     torch.manual_seed(1)
-    reference = [torch.nn.Linear(784, 400), torch.nn.Linear(400, 40), torch.nn.Linear(20, 400), torch.nn.Linear(400, 784)]
+    reference = [
+        torch.nn.Linear(784, 400),
+        torch.nn.Linear(400, 40),
+        torch.nn.Linear(20, 400),
+        torch.nn.Linear(400, 784),
+    ]
     torch.manual_seed(1)
     model = build_model(ModelSpec())
-    layers = [model.encoder.net.trunk[0], model.encoder.net.head, model.likelihood.decoder.trunk[0], model.likelihood.decoder.head]
+    layers = [
+        model.encoder.net.trunk[0],
+        model.encoder.net.head,
+        model.likelihood.decoder.trunk[0],
+        model.likelihood.decoder.head,
+    ]
     for ours, theirs in zip(layers, reference):
         assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
 
 
 def test_shapes_follow_the_spec_for_every_model():
-    for spec in (ModelSpec(input_dim=30, hidden=7, latent_dims=3),
-                 ModelSpec(input_dim=30, hidden=(7, 5), latent_dims=(4, 2), depth=2, activation="tanh"),
-                 ModelSpec(input_dim=30, hidden=7, latent_dims=3, prior="vamp", pseudo_inputs=4)):
+    for spec in (
+        ModelSpec(input_dim=30, hidden=7, latent_dims=3),
+        ModelSpec(input_dim=30, hidden=(7, 5), latent_dims=(4, 2), depth=2, activation="tanh"),
+        ModelSpec(input_dim=30, hidden=7, latent_dims=3, prior="vamp", pseudo_inputs=4),
+    ):
         model = build_model(spec)
         x = torch.rand(5, 30)
         posterior = model.posterior(x)
@@ -58,8 +70,10 @@ def test_prior_samples_follow_the_prior_s_density():
     """Draws of p(z) (VampPrior mixture and the two-layer chain): their mean log p(z) is the
     density's negative entropy, so it matches the log-density of fresh draws in distribution."""
     torch.manual_seed(0)
-    for spec in (ModelSpec(input_dim=12, hidden=6, latent_dims=2, prior="vamp", pseudo_inputs=5),
-                 ModelSpec(input_dim=12, hidden=6, latent_dims=(3, 2))):
+    for spec in (
+        ModelSpec(input_dim=12, hidden=6, latent_dims=2, prior="vamp", pseudo_inputs=5),
+        ModelSpec(input_dim=12, hidden=6, latent_dims=(3, 2)),
+    ):
         model = build_model(spec).double()
         with torch.no_grad():
             z = model.sample_latent(100_000, torch.Generator().manual_seed(1)).double()

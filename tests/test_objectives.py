@@ -86,7 +86,10 @@ def noise(k, n, d, seed=2):
 
 
 def test_every_model_class_is_tested():
-    assert {len(REGISTERED[name]["latent_dims"]) if isinstance(REGISTERED[name]["latent_dims"], tuple) else 1 for name in REGISTERED} == set(MODELS)
+    assert {
+        len(REGISTERED[name]["latent_dims"]) if isinstance(REGISTERED[name]["latent_dims"], tuple) else 1
+        for name in REGISTERED
+    } == set(MODELS)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTERED))
@@ -100,10 +103,12 @@ def test_log_joint_is_the_product_of_its_factors(name):
     with torch.no_grad():
         h = z[..., : spec.latent_dims[0]]
         expected = Independent(Bernoulli(logits=model.likelihood.decoder(h)), 1).log_prob(x)
-        top = z[..., spec.latent_dims[0]:] if spec.layers == 2 else z
+        top = z[..., spec.latent_dims[0] :] if spec.layers == 2 else z
         if spec.prior == "vamp":
             mu, logvar = model.prior_components()
-            prior = MixtureSameFamily(Categorical(logits=torch.zeros(mu.shape[0])), Independent(Normal(mu, (0.5 * logvar).exp()), 1))
+            prior = MixtureSameFamily(
+                Categorical(logits=torch.zeros(mu.shape[0])), Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+            )
         else:
             prior = Independent(Normal(torch.zeros(top.shape[-1]), 1.0), 1)
         expected = expected + prior.log_prob(top)

@@ -71,7 +71,9 @@ def test_resume_at_an_epoch_boundary_is_exact(tmp_path, binarize):
     straight = train(config(epochs=3, binarize=binarize), train_x, test_x, tmp_path / "a", progress=False)
     train(config(epochs=1, binarize=binarize), train_x, test_x, tmp_path / "b", progress=False)
     state = checkpoint.load(tmp_path / "b")
-    resumed = train(config(epochs=3, binarize=binarize), train_x, test_x, tmp_path / "b", resume_state=state, progress=False)
+    resumed = train(
+        config(epochs=3, binarize=binarize), train_x, test_x, tmp_path / "b", resume_state=state, progress=False
+    )
     for name, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     assert [row["train_loss"] for row in straight.history] == [row["train_loss"] for row in resumed.history]

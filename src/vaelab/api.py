@@ -1,10 +1,10 @@
 """The Python API in a few verbs: load data, train, sample, evaluate (README "Python quickstart").
 
-    import vaelab
-    train_x, test_x = vaelab.load_mnist()
-    result = vaelab.train(vaelab.TrainConfig(epochs=2), train_x, test_x, progress=False)
-    images = vaelab.sample(result.model, 16)
-    report = vaelab.evaluate(result.model, test_x[:500], ks=(1, 100))
+import vaelab
+train_x, test_x = vaelab.load_mnist()
+result = vaelab.train(vaelab.TrainConfig(epochs=2), train_x, test_x, progress=False)
+images = vaelab.sample(result.model, 16)
+report = vaelab.evaluate(result.model, test_x[:500], ks=(1, 100))
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def load_mnist(dataset: str = "mnist", binarize: str = "none", seed: int = 0) ->
 
 def sample(model: LatentVariableModel, n: int, seed: int = 0) -> torch.Tensor:
     """n images from p(x) = ∫ p(x|z) p(z) dz shown as decoder means E[x|z], (n, P) in [0, 1]."""
-    return sample_means(model.eval(), n, torch.Generator(device=next(model.parameters()).device).manual_seed(seed)).cpu()
+    return sample_means(
+        model.eval(), n, torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    ).cpu()
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,11 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def evaluate(model: LatentVariableModel, x: torch.Tensor, ks: Sequence[int] = (1, 100), *, laplace: bool = True, seed: int = 0) -> Evaluation:
-    """Importance-weighted bounds L_k on log p(x) (k = 1 is the ELBO), the Laplace evidence and active units over x (N, P)."""
+def evaluate(
+    model: LatentVariableModel, x: torch.Tensor, ks: Sequence[int] = (1, 100), *, laplace: bool = True, seed: int = 0
+) -> Evaluation:
+    """Importance-weighted bounds L_k on log p(x) (k = 1 is the ELBO), the Laplace evidence and active units over x
+    (N, P)."""
     model = model.eval()
     bounds = importance_weighted_evaluation(model, x, ks, seed=seed).bounds
     evidence = laplace_evidence(model, x).estimate if laplace else None

@@ -29,8 +29,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # 2: models built from ModelSpec blocks; running sums (loss, reconstruction, KL). `upgrade` reads 1.
 FORMAT_VERSION = 2
 _VERSION_1_LAYERS = {
-    "fc1": "encoder.net.trunk.0", "fc2": "encoder.net.head",
-    "fc3": "likelihood.decoder.trunk.0", "fc4": "likelihood.decoder.head",
+    "fc1": "encoder.net.trunk.0",
+    "fc2": "encoder.net.head",
+    "fc3": "likelihood.decoder.trunk.0",
+    "fc4": "likelihood.decoder.head",
 }
 
 
@@ -40,12 +42,15 @@ def resolve(path: str | Path) -> Path:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise VaelabError(f"no checkpoint at {path}; pass a checkpoint file or a run directory that holds {CHECKPOINT_NAME}")
+        raise VaelabError(
+            f"no checkpoint at {path}; pass a checkpoint file or a run directory that holds {CHECKPOINT_NAME}"
+        )
     return path
 
 
 def save(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` to `path` atomically (vaelab.io.atomic_write): a full disk or a crash keeps the previous checkpoint."""
+    """Write `state` to `path` atomically (vaelab.io.atomic_write): a full disk or a crash keeps the previous
+    checkpoint."""
     atomic_write(path, lambda file: torch.save({**state, "format_version": FORMAT_VERSION}, file), what="checkpoint")
 
 
@@ -86,7 +91,9 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     """
     version = state.get("format_version", 1)
     if version > FORMAT_VERSION:
-        raise VaelabError(f"the checkpoint has format {version}, newer than this vaelab reads ({FORMAT_VERSION}); upgrade vaelab")
+        raise VaelabError(
+            f"the checkpoint has format {version}, newer than this vaelab reads ({FORMAT_VERSION}); upgrade vaelab"
+        )
     if version == 1:
         state = dict(state)
         state["model"] = {_rename_version_1(key): value for key, value in state["model"].items()}

@@ -54,21 +54,37 @@ class ModelSpec:
         # A single number is accepted where a tuple is expected: ModelSpec(hidden=400, latent_dims=20).
         for name in ("latent_dims", "hidden"):
             value = getattr(self, name)
-            object.__setattr__(self, name, (int(value),) if isinstance(value, (int, float)) else tuple(int(v) for v in value))
+            object.__setattr__(
+                self, name, (int(value),) if isinstance(value, (int, float)) else tuple(int(v) for v in value)
+            )
         if len(self.hidden) == 1 and len(self.latent_dims) > 1:  # one width serves every layer
             object.__setattr__(self, "hidden", self.hidden * len(self.latent_dims))
         _require(self.input_dim >= 1, "input_dim must be >= 1")
-        _require(1 <= len(self.latent_dims) <= MAX_LAYERS, f"--layers must be 1 or 2 (got {len(self.latent_dims)} latent sizes)")
-        _require(len(self.hidden) == len(self.latent_dims),
-                 f"--hidden needs one width per stochastic layer: {len(self.latent_dims)} (got {list(self.hidden)})")
+        _require(
+            1 <= len(self.latent_dims) <= MAX_LAYERS,
+            f"--layers must be 1 or 2 (got {len(self.latent_dims)} latent sizes)",
+        )
+        _require(
+            len(self.hidden) == len(self.latent_dims),
+            f"--hidden needs one width per stochastic layer: {len(self.latent_dims)} (got {list(self.hidden)})",
+        )
         _require(all(d >= 1 for d in self.latent_dims), f"--latent-dim must be >= 1 (got {list(self.latent_dims)})")
         _require(all(h >= 1 for h in self.hidden), f"--hidden must be >= 1 (got {list(self.hidden)})")
         _require(self.depth >= 0, f"--depth must be >= 0 (got {self.depth})")
-        _require(self.activation in ACTIVATION_NAMES, f"--activation must be one of {', '.join(ACTIVATION_NAMES)} (got {self.activation!r})")
+        _require(
+            self.activation in ACTIVATION_NAMES,
+            f"--activation must be one of {', '.join(ACTIVATION_NAMES)} (got {self.activation!r})",
+        )
         _require(self.prior in PRIORS, f"--prior must be one of {', '.join(PRIORS)} (got {self.prior!r})")
         _require(self.pseudo_inputs >= 1, f"--pseudo-inputs must be >= 1 (got {self.pseudo_inputs})")
-        _require(self.likelihood in LIKELIHOODS, f"--likelihood must be one of {', '.join(LIKELIHOODS)} (got {self.likelihood!r})")
-        _require(math.isfinite(self.likelihood_std) and self.likelihood_std > 0, f"likelihood_std must be > 0 (got {self.likelihood_std})")
+        _require(
+            self.likelihood in LIKELIHOODS,
+            f"--likelihood must be one of {', '.join(LIKELIHOODS)} (got {self.likelihood!r})",
+        )
+        _require(
+            math.isfinite(self.likelihood_std) and self.likelihood_std > 0,
+            f"likelihood_std must be > 0 (got {self.likelihood_std})",
+        )
 
     @property
     def layers(self) -> int:
@@ -100,13 +116,20 @@ class ObjectiveSpec:
     def __post_init__(self) -> None:
         _require(self.name in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)} (got {self.name!r})")
         _require(self.k >= 1, f"--k must be >= 1 (got {self.k})")
-        _require(self.name in ("iwae", "dreg") or self.k == 1,
-                 f"--k {self.k} applies to --objective iwae or dreg; the {self.name} objective uses one sample")
+        _require(
+            self.name in ("iwae", "dreg") or self.k == 1,
+            f"--k {self.k} applies to --objective iwae or dreg; the {self.name} objective uses one sample",
+        )
         _require(math.isfinite(self.beta) and self.beta > 0, f"--beta must be a positive number (got {self.beta})")
         _require(self.name == "beta" or self.beta == 1.0, f"--beta {self.beta} needs --objective beta")
-        _require(math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})")
-        _require(self.name in ("elbo", "beta") or self.warmup_epochs == 0,
-                 f"--warmup-epochs weights the KL term, which the {self.name} objective does not have; use elbo or beta")
+        _require(
+            math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+            f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})",
+        )
+        _require(
+            self.name in ("elbo", "beta") or self.warmup_epochs == 0,
+            f"--warmup-epochs weights the KL term, which the {self.name} objective does not have; use elbo or beta",
+        )
 
 
 @dataclass(frozen=True)
@@ -136,11 +159,16 @@ class TrainConfig:
         _require(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
         _require(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
         _require(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr})")
-        _require(self.binarize in BINARIZE_MODES, f"--binarize must be one of {', '.join(BINARIZE_MODES)} (got {self.binarize!r})")
+        _require(
+            self.binarize in BINARIZE_MODES,
+            f"--binarize must be one of {', '.join(BINARIZE_MODES)} (got {self.binarize!r})",
+        )
         _require(self.train_size >= 0, f"--train-size must be >= 0 (got {self.train_size})")
         _require(self.test_size >= 0, f"--test-size must be >= 0 (got {self.test_size})")
         _require(self.threads >= 0, f"--threads must be >= 0 (got {self.threads})")
-        _require(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        _require(
+            self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
+        )
         _require(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
 
 
@@ -163,7 +191,9 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         _require(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), f"--k values must be >= 1 (got {list(self.ks)})")
         _require(self.split in ("train", "test"), f"--split must be train or test (got {self.split!r})")
-        _require(self.binarize in (*BINARIZE_MODES, "auto"), f"--binarize must be auto or one of {', '.join(BINARIZE_MODES)}")
+        _require(
+            self.binarize in (*BINARIZE_MODES, "auto"), f"--binarize must be auto or one of {', '.join(BINARIZE_MODES)}"
+        )
         _require(self.size >= 0, f"--size must be >= 0 (got {self.size})")
         _require(self.laplace_k >= 1, f"--laplace-k must be >= 1 (got {self.laplace_k})")
         _require(self.batch_size >= 0, f"--batch-size must be >= 0 (got {self.batch_size})")
@@ -188,9 +218,7 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise VaelabError(
-            f"unknown {cls.__name__} key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}"
-        )
+        raise VaelabError(f"unknown {cls.__name__} key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
     values: dict[str, Any] = {}
     for name, value in data.items():
         default = fields[name].default

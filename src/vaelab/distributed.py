@@ -29,7 +29,7 @@ class Distributed:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto" -> the current accelerator (CUDA, MPS, ...) if there is one, else the CPU."""
+    """ "auto" -> the current accelerator (CUDA, MPS, ...) if there is one, else the CPU."""
     if name == "auto":
         if hasattr(torch, "accelerator") and torch.accelerator.is_available():
             accelerator = torch.accelerator.current_accelerator()

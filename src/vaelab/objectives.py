@@ -83,7 +83,12 @@ def dreg(model: LatentVariableModel, x: torch.Tensor, eps: torch.Tensor) -> Term
         z.register_hook(lambda gradient: gradient * normalised.unsqueeze(-1))
     loss = -log_mean_exp(log_weights.detach(), dim=0)
     surrogate = -(normalised * log_weights).sum()
-    return Terms(loss=loss, reconstruction=-log_likelihood.mean(0).detach(), kl=log_q_over_prior.mean(0).detach(), surrogate=surrogate)
+    return Terms(
+        loss=loss,
+        reconstruction=-log_likelihood.mean(0).detach(),
+        kl=log_q_over_prior.mean(0).detach(),
+        surrogate=surrogate,
+    )
 
 
 def kl_weight_at(spec: ObjectiveSpec, progress_epochs: float) -> float:
@@ -94,7 +99,9 @@ def kl_weight_at(spec: ObjectiveSpec, progress_epochs: float) -> float:
     return beta * min(1.0, progress_epochs / spec.warmup_epochs)
 
 
-def compute(spec: ObjectiveSpec, model: LatentVariableModel, x: torch.Tensor, eps: torch.Tensor, kl_weight: float = 1.0) -> Terms:
+def compute(
+    spec: ObjectiveSpec, model: LatentVariableModel, x: torch.Tensor, eps: torch.Tensor, kl_weight: float = 1.0
+) -> Terms:
     """`spec`'s objective on one batch: x (B, P), eps (k, B, D)."""
     if spec.name in ("elbo", "beta"):
         return elbo(model, x, eps, kl_weight)
@@ -114,4 +121,3 @@ class ObjectiveModule(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor, kl_weight: float = 1.0) -> Terms:
         return compute(self.spec, self.model, x, eps, kl_weight)
-

@@ -25,11 +25,15 @@ def tile(images: np.ndarray, columns: int, pad: int = 2, pad_value: float = 1.0)
     return mosaic
 
 
-def image_grid(images: np.ndarray, columns: int = 8, title: str | None = None, image_shape: tuple[int, int] = (28, 28)) -> Figure:
+def image_grid(
+    images: np.ndarray, columns: int = 8, title: str | None = None, image_shape: tuple[int, int] = (28, 28)
+) -> Figure:
     """A grid of grey images: images (n, h*w) or (n, h, w) in [0, 1], white on black as in MNIST."""
     images = np.asarray(images, dtype=np.float32).reshape(-1, *image_shape)
     mosaic = tile(images, columns, pad_value=0.5)
-    figure = Figure(figsize=(columns * 0.75, math.ceil(len(images) / columns) * 0.75 + (0.4 if title else 0.0)), dpi=100)
+    figure = Figure(
+        figsize=(columns * 0.75, math.ceil(len(images) / columns) * 0.75 + (0.4 if title else 0.0)), dpi=100
+    )
     axes = figure.add_axes((0, 0, 1, 1 if not title else 1 - 0.4 / figure.get_figheight()))
     axes.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     axes.set_axis_off()
@@ -38,7 +42,9 @@ def image_grid(images: np.ndarray, columns: int = 8, title: str | None = None, i
     return figure
 
 
-def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, columns: int = 8, image_shape: tuple[int, int] = (28, 28)) -> Figure:
+def reconstruction_grid(
+    originals: np.ndarray, reconstructions: np.ndarray, columns: int = 8, image_shape: tuple[int, int] = (28, 28)
+) -> Figure:
     """Test images (n, P) above their reconstructions (n, P), alternating row pairs."""
     originals = np.asarray(originals, dtype=np.float32).reshape(-1, *image_shape)
     reconstructions = np.asarray(reconstructions, dtype=np.float32).reshape(-1, *image_shape)
@@ -47,7 +53,12 @@ def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, colu
         rows.append(originals[start : start + columns])
         rows.append(reconstructions[start : start + columns])
     interleaved = np.concatenate(rows)
-    return image_grid(interleaved, columns, title="test images (odd rows) and their reconstructions (even rows)", image_shape=image_shape)
+    return image_grid(
+        interleaved,
+        columns,
+        title="test images (odd rows) and their reconstructions (even rows)",
+        image_shape=image_shape,
+    )
 
 
 def loss_curves(history: Sequence[dict[str, float]], title: str = "-ELBO per image") -> Figure:

@@ -24,7 +24,8 @@ SUBCOMMANDS = (train, evaluate, sample, data, laplace)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vaelab", description="Variational autoencoders and Laplace's method.",
+        prog="vaelab",
+        description="Variational autoencoders and Laplace's method.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample,data,laplace}")

@@ -7,11 +7,17 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("data", help="fetch and verify data sets ahead of time, or show the cache",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser(
+        "data",
+        help="fetch and verify data sets ahead of time, or show the cache",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="{fetch,info}")
-    fetch = actions.add_parser("fetch", help="fetch and verify a data set into the cache",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fetch = actions.add_parser(
+        "fetch",
+        help="fetch and verify a data set into the cache",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     fetch.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist", help="data set")
     fetch.set_defaults(func=run_fetch)
     info = actions.add_parser("info", help="show what is cached, where, and whether it verifies")

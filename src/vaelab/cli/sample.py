@@ -11,7 +11,8 @@ from vaelab.errors import VaelabError
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "sample", help="draw new images from a trained model",
+        "sample",
+        help="draw new images from a trained model",
         description="Draw z ~ p(z) and save the decoder means E[x|z] as a grid.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

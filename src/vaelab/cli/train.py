@@ -28,11 +28,35 @@ from vaelab.config import (
 )
 from vaelab.errors import VaelabError
 
-RUN_OUTPUTS = ("config.json", "command.txt", "metrics.csv", "checkpoint.pt", "samples.png", "reconstructions.png", "loss.png", "eval.json")
+RUN_OUTPUTS = (
+    "config.json",
+    "command.txt",
+    "metrics.csv",
+    "checkpoint.pt",
+    "samples.png",
+    "reconstructions.png",
+    "loss.png",
+    "eval.json",
+)
 # Settings a resumed run must keep (its data, its model and its objective are what the checkpoint holds).
 FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "seed", "binarize", "train_size", "test_size", "model", "objective")
-RUN_FIELDS = ("dataset", "data_dir", "epochs", "batch_size", "lr", "seed", "binarize", "train_size", "test_size",
-              "device", "threads", "precision", "detect_anomaly", "autograd", "checkpoint_every")
+RUN_FIELDS = (
+    "dataset",
+    "data_dir",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "binarize",
+    "train_size",
+    "test_size",
+    "device",
+    "threads",
+    "precision",
+    "detect_anomaly",
+    "autograd",
+    "checkpoint_every",
+)
 MODEL_FIELDS = ("input_dim", "depth", "activation", "prior", "pseudo_inputs", "likelihood", "likelihood_std")
 OBJECTIVE_FIELDS = {"objective": "name", "k": "k", "beta": "beta", "warmup_epochs": "warmup_epochs"}
 
@@ -40,48 +64,157 @@ OBJECTIVE_FIELDS = {"objective": "name", "k": "k", "beta": "beta", "warmup_epoch
 def add_parser(subparsers: Any) -> None:
     defaults, model, objective = TrainConfig(), ModelSpec(), ObjectiveSpec()
     parser = subparsers.add_parser(
-        "train", help="train a VAE and write its metrics, checkpoint and pictures",
+        "train",
+        help="train a VAE and write its metrics, checkpoint and pictures",
         description="Train a VAE (the PyTorch VAE example's MLP and settings are the defaults) and write config.json, "
         "metrics.csv, checkpoint.pt, samples.png, reconstructions.png and loss.png into the run directory.",
     )
     # Options default to None so that --resume and --config can tell which ones the user actually gave.
     run = parser.add_argument_group("run")
-    run.add_argument("--config", default=None, metavar="RUN/config.json", help="start from a saved run's settings; the options given override them")
-    run.add_argument("--dataset", choices=DATASETS, default=None, help=f"data set; idx = your own IDX files in --data-dir, checked for structure only (default: {defaults.dataset})")
-    run.add_argument("--data-dir", default=None, help="directory of IDX files (raw or .gz, or torchvision's MNIST/raw layout); default: the cache, fetched when missing")
-    run.add_argument("--epochs", type=int, default=None, help=f"total epochs; with --resume, the new total (default: {defaults.epochs})")
-    run.add_argument("--batch-size", type=int, default=None, help=f"images per optimizer step (default: {defaults.batch_size})")
+    run.add_argument(
+        "--config",
+        default=None,
+        metavar="RUN/config.json",
+        help="start from a saved run's settings; the options given override them",
+    )
+    run.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="data set; idx = your own IDX files in --data-dir, checked for structure only (default: "
+        f"{defaults.dataset})",
+    )
+    run.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory of IDX files (raw or .gz, or torchvision's MNIST/raw layout); default: the cache, fetched "
+        "when missing",
+    )
+    run.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"total epochs; with --resume, the new total (default: {defaults.epochs})",
+    )
+    run.add_argument(
+        "--batch-size", type=int, default=None, help=f"images per optimizer step (default: {defaults.batch_size})"
+    )
     run.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default: {defaults.lr})")
     run.add_argument("--seed", type=int, default=None, help=f"seed of every random draw (default: {defaults.seed})")
-    run.add_argument("--binarize", choices=BINARIZE_MODES, default=None, help="pixel targets: none = grey levels as the PyTorch example, dynamic = a fresh Bernoulli draw each epoch, threshold = x > 0.5 (default: none)")
-    run.add_argument("--train-size", type=int, default=None, help="use only the first N training images; 0 = all (default: 0)")
-    run.add_argument("--test-size", type=int, default=None, help="use only the first N test images; 0 = all (default: 0)")
-    run.add_argument("--device", default=None, help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps (default: auto)")
+    run.add_argument(
+        "--binarize",
+        choices=BINARIZE_MODES,
+        default=None,
+        help="pixel targets: none = grey levels as the PyTorch example, dynamic = a fresh Bernoulli draw each "
+        "epoch, threshold = x > 0.5 (default: none)",
+    )
+    run.add_argument(
+        "--train-size", type=int, default=None, help="use only the first N training images; 0 = all (default: 0)"
+    )
+    run.add_argument(
+        "--test-size", type=int, default=None, help="use only the first N test images; 0 = all (default: 0)"
+    )
+    run.add_argument(
+        "--device", default=None, help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps (default: auto)"
+    )
     run.add_argument("--threads", type=int, default=None, help="CPU threads; 0 = torch's default (default: 0)")
-    run.add_argument("--precision", choices=PRECISIONS, default=None, help="fp32, or bf16 for the matrix products (loss, latent code, gradients and Adam stay fp32; default: fp32)")
-    run.add_argument("--detect-anomaly", action="store_true", default=None, help="run autograd's anomaly detection (slow; for finding where a NaN starts)")
-    run.add_argument("--autograd", action="store_true", default=None, help="compute the gradient with autograd even where a faster kernel serves the run (the reference path; same result to rounding)")
-    run.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps inside an epoch; 0 = only at epoch ends (default: 0)")
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="fp32, or bf16 for the matrix products (loss, latent code, gradients and Adam stay fp32; default: fp32)",
+    )
+    run.add_argument(
+        "--detect-anomaly",
+        action="store_true",
+        default=None,
+        help="run autograd's anomaly detection (slow; for finding where a NaN starts)",
+    )
+    run.add_argument(
+        "--autograd",
+        action="store_true",
+        default=None,
+        help="compute the gradient with autograd even where a faster kernel serves the run (the reference path; "
+        "same result to rounding)",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="also checkpoint every N steps inside an epoch; 0 = only at epoch ends (default: 0)",
+    )
     run.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<timestamp>)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint up to --epochs in total")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint up to --epochs in total",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace the outputs of an existing run in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines are still printed)")
 
     spec = parser.add_argument_group("model (docs/models.md)")
-    spec.add_argument("--layers", type=int, choices=(1, 2), default=None, help="stochastic layers: 1, or 2 as Burda et al.'s q(z1|x) q(z2|z1) (default: 1)")
-    spec.add_argument("--latent-dim", type=int, nargs="+", default=None, metavar="D", help=f"latent size per stochastic layer, the one next to x first; one value serves every layer (default: {model.latent_dims[0]})")
-    spec.add_argument("--hidden", type=int, nargs="+", default=None, metavar="H", help=f"MLP width per stochastic layer; one value serves every layer (default: {model.hidden[0]})")
+    spec.add_argument(
+        "--layers",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="stochastic layers: 1, or 2 as Burda et al.'s q(z1|x) q(z2|z1) (default: 1)",
+    )
+    spec.add_argument(
+        "--latent-dim",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="D",
+        help="latent size per stochastic layer, the one next to x first; one value serves every layer (default: "
+        f"{model.latent_dims[0]})",
+    )
+    spec.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="H",
+        help=f"MLP width per stochastic layer; one value serves every layer (default: {model.hidden[0]})",
+    )
     spec.add_argument("--depth", type=int, default=None, help=f"hidden layers in every MLP (default: {model.depth})")
-    spec.add_argument("--activation", choices=ACTIVATION_NAMES, default=None, help=f"hidden activation (default: {model.activation})")
-    spec.add_argument("--prior", choices=PRIORS, default=None, help="p(z): normal = N(0, I), vamp = VampPrior with --pseudo-inputs learned pseudo-inputs (default: normal)")
-    spec.add_argument("--pseudo-inputs", type=int, default=None, help=f"the VampPrior's K (default: {model.pseudo_inputs})")
-    spec.add_argument("--likelihood", choices=LIKELIHOODS, default=None, help="p(x|z): bernoulli, or gaussian with a fixed std (default: bernoulli)")
+    spec.add_argument(
+        "--activation", choices=ACTIVATION_NAMES, default=None, help=f"hidden activation (default: {model.activation})"
+    )
+    spec.add_argument(
+        "--prior",
+        choices=PRIORS,
+        default=None,
+        help="p(z): normal = N(0, I), vamp = VampPrior with --pseudo-inputs learned pseudo-inputs (default: normal)",
+    )
+    spec.add_argument(
+        "--pseudo-inputs", type=int, default=None, help=f"the VampPrior's K (default: {model.pseudo_inputs})"
+    )
+    spec.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS,
+        default=None,
+        help="p(x|z): bernoulli, or gaussian with a fixed std (default: bernoulli)",
+    )
 
     goal = parser.add_argument_group("objective (docs/derivations.md)")
-    goal.add_argument("--objective", choices=OBJECTIVES, default=None, help="elbo; beta (KL weighted by --beta); iwae (L_k); dreg (L_k with the doubly reparameterized gradient) (default: elbo)")
-    goal.add_argument("--k", type=int, default=None, help=f"samples per image for iwae and dreg (default: {objective.k})")
+    goal.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=None,
+        help="elbo; beta (KL weighted by --beta); iwae (L_k); dreg (L_k with the doubly reparameterized gradient) "
+        "(default: elbo)",
+    )
+    goal.add_argument(
+        "--k", type=int, default=None, help=f"samples per image for iwae and dreg (default: {objective.k})"
+    )
     goal.add_argument("--beta", type=float, default=None, help="the KL weight of --objective beta (default: 1)")
-    goal.add_argument("--warmup-epochs", type=float, default=None, help="KL warm-up: the KL weight rises linearly from 0 over this many epochs (elbo, beta; default: 0)")
+    goal.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help="KL warm-up: the KL weight rises linearly from 0 over this many epochs (elbo, beta; default: 0)",
+    )
     parser.set_defaults(func=run_command)
 
 
@@ -97,7 +230,10 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         if len(values) == 1 and layers > 1:
             values = values * layers  # one value serves every layer
         if len(values) != layers:
-            raise VaelabError(f"--{option.replace('_', '-')} needs one value per stochastic layer ({layers}), or one for all (got {list(values)})")
+            raise VaelabError(
+                f"--{option.replace('_', '-')} needs one value per stochastic layer ({layers}), or one for all (got "
+                f"{list(values)})"
+            )
         model_fields[field] = values
     objective_fields = {field: given[option] for option, field in OBJECTIVE_FIELDS.items() if option in given}
     model = dataclasses.replace(base.model, **model_fields)
@@ -112,8 +248,11 @@ def _changed_options(config: TrainConfig, base: TrainConfig) -> list[str]:
     for name in FIXED_ON_RESUME:
         new, old = getattr(config, name), getattr(base, name)
         if name in ("model", "objective"):
-            changed += [f"--{names.get(f.name, f.name).replace('_', '-')}" for f in dataclasses.fields(new)
-                        if getattr(new, f.name) != getattr(old, f.name)]
+            changed += [
+                f"--{names.get(f.name, f.name).replace('_', '-')}"
+                for f in dataclasses.fields(new)
+                if getattr(new, f.name) != getattr(old, f.name)
+            ]
         elif new != old:
             changed.append(f"--{name.replace('_', '-')}")
     return changed
@@ -154,18 +293,32 @@ def _decide(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]
         if out is None:
             raise VaelabError("--resume needs --out DIR, the run to continue")
         if args.config:
-            raise VaelabError("--config starts a new run from saved settings and --resume continues one; give one of them")
+            raise VaelabError(
+                "--config starts a new run from saved settings and --resume continues one; give one of them"
+            )
         saved = checkpoint.load(out)
         base = from_dict(TrainConfig, saved["config"])
         config = train_config(args, base)
         changed = _changed_options(config, base)
         if changed:
-            raise VaelabError(f"--resume continues the saved run; these options differ from it: {', '.join(changed)}; drop them or start a new --out")
-        missing = [key for key in ("optimizer", "epoch", "step", "generator", "epoch_generator", "running", "rng", "history") if key not in saved]
+            raise VaelabError(
+                f"--resume continues the saved run; these options differ from it: {', '.join(changed)}; drop them or "
+                "start a new --out"
+            )
+        missing = [
+            key
+            for key in ("optimizer", "epoch", "step", "generator", "epoch_generator", "running", "rng", "history")
+            if key not in saved
+        ]
         if missing:
-            raise VaelabError(f"{out}: the checkpoint lacks {', '.join(missing)}, so it cannot be resumed; start a new --out")
+            raise VaelabError(
+                f"{out}: the checkpoint lacks {', '.join(missing)}, so it cannot be resumed; start a new --out"
+            )
         if config.epochs <= saved["epoch"]:
-            raise VaelabError(f"{out} has already finished {saved['epoch']} epochs; pass --epochs N with N > {saved['epoch']} to train on")
+            raise VaelabError(
+                f"{out} has already finished {saved['epoch']} epochs; pass --epochs N with N > {saved['epoch']} to "
+                "train on"
+            )
         return out, config, saved
     base = load_json(TrainConfig, args.config) if args.config else None
     config = train_config(args, base)
@@ -202,6 +355,7 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
 
     # --- only now, with every input checked, touch the run directory --------------------------
     if not args.resume:
+
         def claim() -> None:
             _claim_run_dir(run_dir, overwrite=args.overwrite)
             save_json(config, run_dir / "config.json")
@@ -210,24 +364,41 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
         main_rank_first(claim, distributed, share_value=True)
     if distributed.is_main:
         runtime = Runtime(distributed.world_size, config.autograd, config.detect_anomaly, config.precision, device.type)
-        print(f"data: {dataset.name} from {dataset.source}: {train_x.shape[0]} training and {test_x.shape[0]} test images")
+        print(
+            f"data: {dataset.name} from {dataset.source}: {train_x.shape[0]} training and {test_x.shape[0]} test images"
+        )
         print(f"run:  {run_dir}   device: {device}   world size: {distributed.world_size}")
         print(f"{training_path(config.model, config.objective, runtime)}")
 
-    result = train(config, train_x, test_x, run_dir, resume_state=resume_state, distributed=distributed,
-                   device=device, progress=not args.no_progress)
+    result = train(
+        config,
+        train_x,
+        test_x,
+        run_dir,
+        resume_state=resume_state,
+        distributed=distributed,
+        device=device,
+        progress=not args.no_progress,
+    )
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     if not distributed.is_main:
         return 0
     if result.stopped == "interrupted":
-        print(f"interrupted: checkpoint saved in {run_dir}; continue with: vaelab train --out {shlex.quote(str(run_dir))} --resume")
+        print(
+            f"interrupted: checkpoint saved in {run_dir}; continue with: vaelab train --out "
+            f"{shlex.quote(str(run_dir))} --resume"
+        )
         return 130
     _write_pictures(result.model, result.history, test_x, run_dir, seed=config.seed)
     last = result.history[-1]
-    print(f"done: test -ELBO {last['test_loss']:.2f} nats/image (reconstruction {last['test_rec']:.2f} + KL {last['test_kl']:.2f}) "
-          f"after {int(last['epoch'])} epochs; wrote {run_dir}/{{metrics.csv,checkpoint.pt,samples.png,reconstructions.png,loss.png}}")
+    print(
+        f"done: test -ELBO {last['test_loss']:.2f} nats/image (reconstruction {last['test_rec']:.2f} + KL "
+        f"{last['test_kl']:.2f}) "
+        f"after {int(last['epoch'])} epochs; wrote "
+        f"{run_dir}/{{metrics.csv,checkpoint.pt,samples.png,reconstructions.png,loss.png}}"
+    )
     return 0
 
 
@@ -239,7 +410,10 @@ def _refuse_existing_run(run_dir: Path, overwrite: bool) -> list[str]:
     """The run outputs already in run_dir; an error if there are some and --overwrite was not given."""
     existing = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if existing and not overwrite:
-        raise VaelabError(f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it, --overwrite to replace it, or another --out")
+        raise VaelabError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it, --overwrite to "
+            "replace it, or another --out"
+        )
     return existing
 
 
@@ -268,5 +442,7 @@ def _write_pictures(model: Any, history: list[dict[str, float]], test_x: Any, ru
     samples = sample_means(model, 64, generator).numpy()
     image_grid(samples, 8, title="decoder means for z ~ p(z)").savefig(run_dir / "samples.png")
     originals = test_x[:32].cpu()
-    reconstruction_grid(originals.numpy(), reconstruct_means(model, originals).numpy()).savefig(run_dir / "reconstructions.png")
+    reconstruction_grid(originals.numpy(), reconstruct_means(model, originals).numpy()).savefig(
+        run_dir / "reconstructions.png"
+    )
     loss_curves(history).savefig(run_dir / "loss.png")

@@ -197,7 +197,9 @@ def load_dataset(
     """
     _check_name(name, allow_user=True)
     if name == USER_DATASET and data_dir is None:
-        raise VaelabError("--dataset idx reads your own IDX files: pass --data-dir DIR holding the four train-/t10k- files")
+        raise VaelabError(
+            "--dataset idx reads your own IDX files: pass --data-dir DIR holding the four train-/t10k- files"
+        )
     if data_dir is not None:
         data_dir = Path(data_dir).expanduser()
         files = _find_user_files(data_dir, name)
@@ -210,9 +212,7 @@ def load_dataset(
         except VaelabError as err:
             raise VaelabError(f"the cached {name} is damaged ({err}); delete {directory} and load again") from None
     if not download:
-        raise VaelabError(
-            f"{name} is not in the cache {directory}; fetch it (vaelab data fetch) or pass --data-dir"
-        )
+        raise VaelabError(f"{name} is not in the cache {directory}; fetch it (vaelab data fetch) or pass --data-dir")
     return _fetch(name, directory)
 
 

@@ -28,8 +28,22 @@ from vaelab.evaluation.laplace import (
 from vaelab.evaluation.units import active_units, negative_elbo
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "NOISE_BLOCK", "Estimate", "IWAEResult", "LaplaceEvidence", "Mode", "PrefixLogMeanExp",
-    "active_units", "importance_weighted_bounds", "importance_weighted_evaluation", "iwae_from_log_weights",
-    "iwae_noise", "laplace_evidence", "laplace_importance_sampling", "laplace_proposal", "model_log_joint",
-    "negative_elbo", "newton_mode",
+    "DEFAULT_MAX_BYTES",
+    "NOISE_BLOCK",
+    "Estimate",
+    "IWAEResult",
+    "LaplaceEvidence",
+    "Mode",
+    "PrefixLogMeanExp",
+    "active_units",
+    "importance_weighted_bounds",
+    "importance_weighted_evaluation",
+    "iwae_from_log_weights",
+    "iwae_noise",
+    "laplace_evidence",
+    "laplace_importance_sampling",
+    "laplace_proposal",
+    "model_log_joint",
+    "negative_elbo",
+    "newton_mode",
 ]

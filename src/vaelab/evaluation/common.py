@@ -24,7 +24,8 @@ IWAE_STREAM, LAPLACE_STREAM = 1, 2
 
 @dataclass(frozen=True)
 class Estimate:
-    """An average over images: mean and standard error (std over images / sqrt(n)) in nats per image, and its wall time."""
+    """An average over images: mean and standard error (std over images / sqrt(n)) in nats per image, and its wall
+    time."""
 
     mean: float
     stderr: float
@@ -37,8 +38,6 @@ class Estimate:
         n = values.numel()
         stderr = float(values.std(correction=1)) / math.sqrt(n) if n > 1 else math.nan
         return cls(float(values.mean()), stderr, seconds)
-
-
 
 
 class PrefixLogMeanExp:
@@ -128,8 +127,6 @@ class Noise:
 def iwae_noise(seed: int, n_images: int, k: int, dim: int) -> torch.Tensor:
     """The eps that `importance_weighted_evaluation(seed=seed)` uses: (n_images, k, dim), z_i = mu + sigma·eps_i."""
     return Noise(seed, IWAE_STREAM, dim, torch.device("cpu")).draw(range(n_images), 0, k)
-
-
 
 
 def model_on(model: LatentVariableModel, device: torch.device) -> LatentVariableModel:

@@ -166,7 +166,9 @@ def importance_weighted_evaluation(
         for k in ks:
             bounds[k][first : index.stop] = accumulator.bounds[k].cpu()
         log_likelihood_mean[first : index.stop] = (log_likelihood_sum / k_max).cpu()
-        kl[first : index.stop] = (analytic_kl.double() if analytic_kl is not None else log_q_over_prior_sum / k_max).cpu()
+        kl[first : index.stop] = (
+            analytic_kl.double() if analytic_kl is not None else log_q_over_prior_sum / k_max
+        ).cpu()
         bar.update(len(index))
     bar.close()
 
@@ -183,6 +185,8 @@ def importance_weighted_evaluation(
     )
 
 
-def importance_weighted_bounds(model: LatentVariableModel, x: torch.Tensor, ks: Sequence[int], **options: Any) -> dict[int, Estimate]:
+def importance_weighted_bounds(
+    model: LatentVariableModel, x: torch.Tensor, ks: Sequence[int], **options: Any
+) -> dict[int, Estimate]:
     """{k: L_k} in nats per image over x (N, P): `importance_weighted_evaluation`'s bounds alone (same options)."""
     return importance_weighted_evaluation(model, x, ks, **options).bounds

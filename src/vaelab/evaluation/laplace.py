@@ -67,7 +67,9 @@ def newton_mode(
     data = data.detach().to(torch.float64)
     batch, dim = z.shape
 
-    def gradient_and_value(point: torch.Tensor, item: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def gradient_and_value(
+        point: torch.Tensor, item: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         gradient, value = grad_and_value(log_joint)(point, item)
         return gradient, (gradient, value)
 
@@ -86,7 +88,9 @@ def newton_mode(
         iterations = iteration
         hessian, (gradient, value) = derivatives(z[active], data[active])
         if not bool(torch.isfinite(value).all() and torch.isfinite(hessian).all()):
-            raise VaelabError("log p(x, z) or its Hessian is not finite during the Newton search; check the model's weights")
+            raise VaelabError(
+                "log p(x, z) or its Hessian is not finite during the Newton search; check the model's weights"
+            )
         log_peak[active] = value
         neg_hessian[active] = -0.5 * (hessian + hessian.mT)
         if iteration == max_iter:
@@ -121,7 +125,8 @@ def newton_mode(
 
 
 def _damped_newton_step(neg_hessian: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """s = (-H + λI)^{-1} g (b, d) with the smallest λ in {0, 1e-8·s, 1e-7·s, ...} that makes the matrix positive definite."""
+    """s = (-H + λI)^{-1} g (b, d) with the smallest λ in {0, 1e-8·s, 1e-7·s, ...} that makes the matrix positive
+    definite."""
     dim = neg_hessian.shape[-1]
     eye = torch.eye(dim, dtype=neg_hessian.dtype, device=neg_hessian.device)
     scale = neg_hessian.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp(min=1.0)  # (b,)
@@ -132,27 +137,37 @@ def _damped_newton_step(neg_hessian: torch.Tensor, gradient: torch.Tensor) -> to
         if not bool(failed.any()):
             break
         damping[failed] = scale[failed] * 10.0**power
-        cholesky[failed], info[failed] = torch.linalg.cholesky_ex(neg_hessian[failed] + damping[failed, None, None] * eye)
+        cholesky[failed], info[failed] = torch.linalg.cholesky_ex(
+            neg_hessian[failed] + damping[failed, None, None] * eye
+        )
     step = torch.cholesky_solve(gradient.unsqueeze(-1), cholesky).squeeze(-1)
     # Where even heavy damping fails (non-finite curvature), fall back to a plain gradient step.
     return torch.where((info != 0).unsqueeze(-1), gradient, step)
 
 
-def laplace_proposal(z_star: torch.Tensor, neg_hessian: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def laplace_proposal(
+    z_star: torch.Tensor, neg_hessian: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """z = z* + L^{-T} eps ~ N(z*, (-H)^{-1}) with -H = L Lᵀ, and log q(z) = -d/2 log 2π + Σ log L_jj - ½|eps|².
 
-    z_star (B, d), neg_hessian (B, d, d) positive definite, eps (B, c, d) standard normal -> z (B, c, d), log q (B, c) nats.
+    z_star (B, d), neg_hessian (B, d, d) positive definite, eps (B, c, d) standard normal
+    -> z (B, c, d), log q (B, c) nats.
     """
     cholesky, info = torch.linalg.cholesky_ex(neg_hessian)
     if bool((info != 0).any()):
-        raise VaelabError(f"-H is not positive definite for {int((info != 0).sum())} image(s); the Laplace proposal does not exist there")
+        raise VaelabError(
+            f"-H is not positive definite for {int((info != 0).sum())} image(s); the Laplace proposal does not exist "
+            "there"
+        )
     offset = torch.linalg.solve_triangular(cholesky.mT, eps.mT, upper=True).mT  # (B, c, d): L^{-T} eps
     half_log_det = torch.log(cholesky.diagonal(dim1=-2, dim2=-1)).sum(-1, keepdim=True)  # ½ log det(-H), (B, 1)
     log_q = -0.5 * z_star.shape[-1] * LOG_2PI + half_log_det - 0.5 * eps.square().sum(-1)
     return z_star.unsqueeze(1) + offset, log_q
 
 
-def model_log_joint(model: LatentVariableModel, device: torch.device | str = "cpu") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def model_log_joint(
+    model: LatentVariableModel, device: torch.device | str = "cpu"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """log p(x, z) of a float64 copy of the model: f(z (D,), x (P,)) -> () nats, for torch.func.
 
     What the prior needs from the rest of the model (a VampPrior's components) is computed once,
@@ -177,8 +192,13 @@ class LaplaceEvidence:
     """
 
     def __init__(
-        self, estimate: Estimate, z_star: torch.Tensor, neg_hessian: torch.Tensor, log_evidence: torch.Tensor,
-        unconverged: int, indefinite: int = 0,
+        self,
+        estimate: Estimate,
+        z_star: torch.Tensor,
+        neg_hessian: torch.Tensor,
+        log_evidence: torch.Tensor,
+        unconverged: int,
+        indefinite: int = 0,
     ) -> None:
         self.estimate, self.z_star, self.neg_hessian = estimate, z_star, neg_hessian
         self.log_evidence, self.unconverged, self.indefinite = log_evidence, unconverged, indefinite
@@ -207,7 +227,9 @@ def laplace_evidence(
     model = model_on(model, device)
     dtype = next(model.parameters()).dtype
     modes = []
-    for first in tqdm(range(0, x.shape[0], batch_size), desc="Laplace", unit="batch", disable=not progress, leave=False):
+    for first in tqdm(
+        range(0, x.shape[0], batch_size), desc="Laplace", unit="batch", disable=not progress, leave=False
+    ):
         batch = x[first : first + batch_size].to(device, dtype)
         with torch.no_grad():
             start = model.posterior(batch).mean
@@ -276,7 +298,7 @@ def laplace_importance_sampling(
     estimates = torch.empty(n_images, dtype=torch.float64)
     for first in range(0, n_images, images):
         index = range(first, min(first + images, n_images))
-        batch = weights.prepare(x[index.start : index.stop])
+        weights.prepare(x[index.start : index.stop])
         mode_z = z_star[index.start : index.stop].to(device, torch.float64)
         mode_neg_hessian = neg_hessian[index.start : index.stop].to(device, torch.float64)
         accumulator = PrefixLogMeanExp([k], len(index), device)

@@ -10,7 +10,9 @@ from vaelab.objectives import elbo
 
 
 @torch.no_grad()
-def active_units(model: LatentVariableModel, x: torch.Tensor, threshold: float = 0.01, *, batch_size: int = 2000) -> tuple[int, torch.Tensor]:
+def active_units(
+    model: LatentVariableModel, x: torch.Tensor, threshold: float = 0.01, *, batch_size: int = 2000
+) -> tuple[int, torch.Tensor]:
     """A_u = Cov_x(E_q[z_u]) = Var over images of the posterior mean (Burda et al. 2015).
 
     x (N, P) -> (count of u with A_u > threshold, A (D,) float64); with two stochastic layers
@@ -20,17 +22,24 @@ def active_units(model: LatentVariableModel, x: torch.Tensor, threshold: float =
         raise VaelabError("active units need at least 2 images (a variance over images)")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    means = torch.cat([
-        model.posterior(x[start : start + batch_size].to(device, dtype)).mean.double().cpu()
-        for start in range(0, x.shape[0], batch_size)
-    ])
+    means = torch.cat(
+        [
+            model.posterior(x[start : start + batch_size].to(device, dtype)).mean.double().cpu()
+            for start in range(0, x.shape[0], batch_size)
+        ]
+    )
     variances = means.var(dim=0, correction=1)
     return int((variances > threshold).sum()), variances
 
 
 @torch.no_grad()
 def negative_elbo(
-    model: LatentVariableModel, x: torch.Tensor, *, seed: int = 0, device: torch.device | None = None, batch_size: int = 2000
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    *,
+    seed: int = 0,
+    device: torch.device | None = None,
+    batch_size: int = 2000,
 ) -> tuple[float, float]:
     """One-sample estimate of -ELBO's two terms averaged over x (N, P): (reconstruction, KL) nats.
 

@@ -160,5 +160,7 @@ class Step:
         self.compute_dtype = compute_dtype
 
     def __call__(self, x: torch.Tensor, eps: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
-        terms = torch.stack(negative_elbo_gradients(self.weights, x, eps[0], self.grads, self.compute_dtype, kl_weight)).double()
+        terms = torch.stack(
+            negative_elbo_gradients(self.weights, x, eps[0], self.grads, self.compute_dtype, kl_weight)
+        ).double()
         return torch.cat((terms[0:1] + kl_weight * terms[1:2], terms))  # (loss, reconstruction, KL)

@@ -1,7 +1,7 @@
 """The model family: one interface (`base.LatentVariableModel`), built from a ModelSpec.
 
-    build_model(ModelSpec())                       # the PyTorch VAE example's MLP
-    build_model(ModelSpec(latent_dims=(100, 50)))  # two stochastic layers
+build_model(ModelSpec())                       # the PyTorch VAE example's MLP
+build_model(ModelSpec(latent_dims=(100, 50)))  # two stochastic layers
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ def build_model(spec: ModelSpec = ModelSpec()) -> LatentVariableModel:
 
 
 __all__ = [
-    "MODELS", "DiagonalGaussian", "LatentVariableModel", "Posterior", "TwoLayerVAE", "VAE",
-    "build_model", "parameter_count", "reconstruct_means", "sample_means",
+    "MODELS",
+    "DiagonalGaussian",
+    "LatentVariableModel",
+    "Posterior",
+    "TwoLayerVAE",
+    "VAE",
+    "build_model",
+    "parameter_count",
+    "reconstruct_means",
+    "sample_means",
 ]

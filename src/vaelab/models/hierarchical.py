@@ -84,7 +84,9 @@ class TwoLayerVAE(LatentVariableModel):
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         z2 = self.prior.sample(n, generator, self.likelihood.decoder.head.weight, self.prior_components())
         mu1, logvar1 = self.decoder2(z2)
-        z1 = mu1 + torch.exp(0.5 * logvar1) * torch.randn(mu1.shape, generator=generator, device=mu1.device, dtype=mu1.dtype)
+        z1 = mu1 + torch.exp(0.5 * logvar1) * torch.randn(
+            mu1.shape, generator=generator, device=mu1.device, dtype=mu1.dtype
+        )
         return torch.cat((z1, z2), dim=-1)
 
     def decoder_input(self, z: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,9 @@ class StandardNormalPrior(nn.Module):
         """z (..., D) -> (...) nats."""
         return log_standard_normal(z)
 
-    def sample(self, n: int, generator: torch.Generator | None, like: torch.Tensor, components: Components = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None, like: torch.Tensor, components: Components = None
+    ) -> torch.Tensor:
         """(n, D) draws, on the device and in the dtype of `like`."""
         return torch.randn(n, self.dim, generator=generator, device=like.device, dtype=like.dtype)
 
@@ -55,7 +57,9 @@ class VampPrior(nn.Module):
         assert components is not None, "the VampPrior needs the posterior at its pseudo-inputs"
         return log_normal_diag_mixture(z, *components)
 
-    def sample(self, n: int, generator: torch.Generator | None, like: torch.Tensor, components: Components = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None, like: torch.Tensor, components: Components = None
+    ) -> torch.Tensor:
         """Pick k uniformly, then z ~ q(z|u_k): (n, D)."""
         assert components is not None, "the VampPrior needs the posterior at its pseudo-inputs"
         mu, logvar = components

@@ -27,7 +27,9 @@ class VAE(LatentVariableModel):
         (latent,), (width,) = spec.latent_dims, spec.hidden
         self.encoder = GaussianMLP(spec.input_dim, width, spec.depth, latent, spec.activation)
         self.likelihood = build_likelihood(spec, latent, width)
-        self.prior = VampPrior(spec.pseudo_inputs, spec.input_dim) if spec.prior == "vamp" else StandardNormalPrior(latent)
+        self.prior = (
+            VampPrior(spec.pseudo_inputs, spec.input_dim) if spec.prior == "vamp" else StandardNormalPrior(latent)
+        )
 
     def posterior(self, x: torch.Tensor) -> Posterior:
         return DiagonalGaussian(*self.encoder(x))

@@ -10,4 +10,13 @@ from vaelab.training.loop import TrainResult, train
 from vaelab.training.metrics import METRICS_COLUMNS, METRICS_NAME, read_metrics, write_metrics
 from vaelab.training.state import TrainState, initial_model
 
-__all__ = ["METRICS_COLUMNS", "METRICS_NAME", "TrainResult", "TrainState", "initial_model", "read_metrics", "train", "write_metrics"]
+__all__ = [
+    "METRICS_COLUMNS",
+    "METRICS_NAME",
+    "TrainResult",
+    "TrainState",
+    "initial_model",
+    "read_metrics",
+    "train",
+    "write_metrics",
+]

@@ -63,19 +63,25 @@ class FiniteCheck:
             else:
                 where = f"one of steps {self.unchecked_from}-{step}"
             raise VaelabError(
-                f"non-finite loss ({total if not math.isfinite(total) else 'on another rank'}) at epoch {epoch}, {where}; "
+                f"non-finite loss ({total if not math.isfinite(total) else 'on another rank'}) at epoch {epoch}, "
+                f"{where}; "
                 f"the last good checkpoint, if any, is kept; try a lower --lr or --detect-anomaly to find the operation"
             )
         self.unchecked_from = step + 1
 
 
 def check_inputs(config: TrainConfig, train_x: torch.Tensor, test_x: torch.Tensor) -> None:
-    """Refuse data this run cannot use: a batch larger than train_x (N, P), P unlike the model's, pixels outside [0, 1]."""
+    """Refuse data this run cannot use: a batch larger than train_x (N, P), P unlike the model's, pixels outside [0,
+    1]."""
     n_train = train_x.shape[0]
     if config.batch_size > n_train:
-        raise VaelabError(f"--batch-size {config.batch_size} exceeds the {n_train} training images; use a smaller batch")
+        raise VaelabError(
+            f"--batch-size {config.batch_size} exceeds the {n_train} training images; use a smaller batch"
+        )
     if train_x.shape[1] != config.model.input_dim:
-        raise VaelabError(f"the data has {train_x.shape[1]} pixels per image but the model expects {config.model.input_dim}")
+        raise VaelabError(
+            f"the data has {train_x.shape[1]} pixels per image but the model expects {config.model.input_dim}"
+        )
     if config.model.likelihood == "bernoulli":
         check_pixels(train_x, "training")
         check_pixels(test_x, "test")

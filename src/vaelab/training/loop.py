@@ -108,8 +108,13 @@ def train(
             finite_check = FiniteCheck(state.running, distributed, device, first_step=state.step)
             started = time.perf_counter()
             bar = tqdm(
-                range(state.step, steps_per_epoch), initial=state.step, total=steps_per_epoch,
-                desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, mininterval=0.5,
+                range(state.step, steps_per_epoch),
+                initial=state.step,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{config.epochs}",
+                unit="batch",
+                leave=False,
+                mininterval=0.5,
                 disable=not (progress and distributed.is_main),
             )
             for step in bar:
@@ -163,9 +168,14 @@ def train(
             train_loss, train_rec, train_kl = (all_reduce_sum(state.running, distributed) / n_train).tolist()
             test_rec, test_kl = negative_elbo(model, test_x, seed=config.seed, device=device)
             row = {
-                "epoch": epoch, "train_loss": train_loss, "test_loss": test_rec + test_kl,
-                "test_rec": test_rec, "test_kl": test_kl, "seconds": seconds,
-                "train_rec": train_rec, "train_kl": train_kl,
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "test_loss": test_rec + test_kl,
+                "test_rec": test_rec,
+                "test_kl": test_kl,
+                "seconds": seconds,
+                "train_rec": train_rec,
+                "train_kl": train_kl,
             }
             state.history.append(row)
             state.running.zero_()
@@ -186,7 +196,9 @@ def train(
     return result
 
 
-def _prepare_targets(config: TrainConfig, train_x: torch.Tensor, test_x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare_targets(
+    config: TrainConfig, train_x: torch.Tensor, test_x: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The pixel targets: thresholded once, or (dynamic) the test set drawn once with seed + 1 so that
     test losses are comparable across epochs; the training images are drawn afresh at every step."""
     if config.binarize == "threshold":
@@ -197,7 +209,13 @@ def _prepare_targets(config: TrainConfig, train_x: torch.Tensor, test_x: torch.T
     return train_x, test_x
 
 
-def _save(state: TrainState, config: TrainConfig, distributed: Distributed, path: Path | None, running: torch.Tensor | None = None) -> None:
+def _save(
+    state: TrainState,
+    config: TrainConfig,
+    distributed: Distributed,
+    path: Path | None,
+    running: torch.Tensor | None = None,
+) -> None:
     """Rank 0 writes the checkpoint (with all ranks' loss sums when given)."""
     if distributed.is_main and path is not None:
         checkpoint.save(state.to_checkpoint(config, running), path)

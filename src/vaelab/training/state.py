@@ -60,14 +60,18 @@ class TrainState:
         return state
 
     @classmethod
-    def resume(cls, config: TrainConfig, saved: dict[str, Any], device: torch.device, distributed: Distributed) -> TrainState:
+    def resume(
+        cls, config: TrainConfig, saved: dict[str, Any], device: torch.device, distributed: Distributed
+    ) -> TrainState:
         """The run a checkpoint dict holds, on `device`; every global generator is restored too."""
         state = cls.start(config, device)
         try:
             state.model.load_state_dict(saved["model"])
         except RuntimeError as error:
             first_line = str(error).splitlines()[0]
-            raise VaelabError(f"the checkpoint holds another architecture than the config describes: {first_line}") from None
+            raise VaelabError(
+                f"the checkpoint holds another architecture than the config describes: {first_line}"
+            ) from None
         state.optimizer.load_state_dict(saved["optimizer"])
         checkpoint.restore_rng_state(saved["rng"])
         state.history = [dict(row) for row in saved["history"]]
