@@ -67,25 +67,44 @@ def measure(model: VAE, x: torch.Tensor, k: int, max_bytes: int, slice_size: int
         ratios.append(achieved / roofline)
         rates.append(roofline)
         slice_rates.append(part.shape[0] / elapsed)
-        print(f"  images {first}-{first + part.shape[0] - 1}: {elapsed:6.2f} s, {achieved:6.1f} GFLOP/s vs addmm {roofline:6.1f} "
-              f"= {100 * ratios[-1]:3.0f} %  (load average {load:.1f})", flush=True)
+        print(
+            f"  images {first}-{first + part.shape[0] - 1}: "
+            f"{elapsed:6.2f} s, {achieved:6.1f} GFLOP/s vs addmm {roofline:6.1f} "
+            f"= {100 * ratios[-1]:3.0f} %  (load average {load:.1f})",
+            flush=True,
+        )
     images, samples, rows, buffer_bytes = layout
     n = x.shape[0]
     achieved = decoder_flops(config, n, k) / seconds / 1e9
-    print(f"budget {max_bytes / 2**20:g} MiB: {images} images x {samples} samples per chunk ({rows} rows), buffers {buffer_bytes / 2**20:.1f} MiB")
+    print(
+        f"budget {max_bytes / 2**20:g} MiB: {images} images x {samples} samples "
+        f"per chunk ({rows} rows), buffers {buffer_bytes / 2**20:.1f} MiB"
+    )
     print(f"  total {seconds:.1f} s for {n} images = {n / seconds:.1f} images/s, {achieved:.1f} GFLOP/s")
-    print(f"  addmm roofline at {rows} rows: median {statistics.median(rates):.1f} GFLOP/s (min {min(rates):.1f}, max {max(rates):.1f})")
-    print(f"  achieved / roofline per slice: median {100 * statistics.median(ratios):.0f} % (min {100 * min(ratios):.0f} %, max {100 * max(ratios):.0f} %)")
+    print(
+        f"  addmm roofline at {rows} rows: median {statistics.median(rates):.1f} "
+        f"GFLOP/s (min {min(rates):.1f}, max {max(rates):.1f})"
+    )
+    print(
+        f"  achieved / roofline per slice: median {100 * statistics.median(ratios):.0f} % "
+        f"(min {100 * min(ratios):.0f} %, max {100 * max(ratios):.0f} %)"
+    )
     label = "measured" if n == MNIST_TEST else "extrapolated"
-    print(f"  full {MNIST_TEST}-image test set: {MNIST_TEST / (n / seconds):.0f} s at this run's average rate, "
-          f"{MNIST_TEST / max(slice_rates):.0f} s at its fastest slice's ({label})")
+    print(
+        f"  full {MNIST_TEST}-image test set: {MNIST_TEST / (n / seconds):.0f} s at this run's average rate, "
+        f"{MNIST_TEST / max(slice_rates):.0f} s at its fastest slice's ({label})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=MNIST_TEST, help="images to evaluate")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per image")
-    parser.add_argument("--checkpoint", default=None, help="a trained run (default: the template model with random weights)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a trained run (default: the template model with random weights)"
+    )
     parser.add_argument("--max-mib", type=float, default=DEFAULT_MAX_BYTES / 2**20, help="working-buffer budget")
     parser.add_argument("--sweep", type=float, nargs="*", default=None, help="buffer budgets (MiB) to compare")
     parser.add_argument("--slice", type=int, default=100, help="images per timed slice")
@@ -103,9 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     # Binary images with MNIST's ink fraction; the cost does not depend on the pixel values.
     x = torch.bernoulli(torch.full((args.size, model.spec.input_dim), 0.13), generator=torch.Generator().manual_seed(0))
     config = model.spec
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {platform.machine()}, python {platform.python_version()}")
-    print(f"model {config.input_dim}-{config.hidden[0]}-{config.latent_dim} ({'checkpoint' if args.checkpoint else 'random weights'}), "
-          f"k = {args.k}, {args.size} images, slices of {args.slice}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}, python {platform.python_version()}"
+    )
+    print(
+        f"model {config.input_dim}-{config.hidden[0]}-{config.latent_dim} "
+        f"({'checkpoint' if args.checkpoint else 'random weights'}), "
+        f"k = {args.k}, {args.size} images, slices of {args.slice}"
+    )
     importance_weighted_evaluation(model, x[:2], [args.k])  # warm-up: thread pool, allocator
     for mib in args.sweep or [args.max_mib]:
         measure(model, x, args.k, int(mib * 2**20), args.slice)

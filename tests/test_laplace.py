@@ -14,8 +14,16 @@ from vaelab.errors import VaelabError
 
 scipy_special = pytest.importorskip("scipy.special")
 
-STIRLING = [Fraction(1), Fraction(1, 12), Fraction(1, 288), Fraction(-139, 51840), Fraction(-571, 2488320),
-            Fraction(163879, 209018880), Fraction(5246819, 75246796800), Fraction(-534703531, 902961561600)]
+STIRLING = [
+    Fraction(1),
+    Fraction(1, 12),
+    Fraction(1, 288),
+    Fraction(-139, 51840),
+    Fraction(-571, 2488320),
+    Fraction(163879, 209018880),
+    Fraction(5246819, 75246796800),
+    Fraction(-534703531, 902961561600),
+]
 
 
 def log_factorial_error(n: float, order: int) -> float:
@@ -39,7 +47,9 @@ def test_order_zero_reproduces_stirlings_known_errors(n, expected):
 
 def test_order_zero_is_sqrt_2_pi_n_times_n_over_e_to_the_n():
     for n in (1.0, 7.0, 123.0):
-        assert laplace.laplace_factorial(n, 0) == pytest.approx(0.5 * math.log(2 * math.pi * n) + n * math.log(n) - n, rel=1e-15, abs=1e-15)
+        assert laplace.laplace_factorial(n, 0) == pytest.approx(
+            0.5 * math.log(2 * math.pi * n) + n * math.log(n) - n, rel=1e-15, abs=1e-15
+        )
 
 
 def test_factorial_coefficients_are_stirlings_series_exactly():
@@ -48,7 +58,9 @@ def test_factorial_coefficients_are_stirlings_series_exactly():
 
 def test_float_paths_give_stirlings_series_to_1e_12():
     order = len(STIRLING) - 1
-    float_derivatives = [(-1.0) ** (j - 1) * math.factorial(j - 1) if j >= 2 else [-1.0, 0.0][j] for j in range(2 * order + 3)]
+    float_derivatives = [
+        (-1.0) ** (j - 1) * math.factorial(j - 1) if j >= 2 else [-1.0, 0.0][j] for j in range(2 * order + 3)
+    ]
     taylor_mode = laplace.taylor_derivatives(lambda x: torch.log(x) - x, 1.0, 2 * order + 2)
     for derivatives in (float_derivatives, taylor_mode):
         coefficients = laplace.series_coefficients(derivatives, order)
@@ -134,7 +146,7 @@ def test_half_gaussian_at_an_end(end):
     # f = -y²/2 - y³/3 walking into the interval, f'(end) = 0; the first correction to the
     # half-Gaussian is 4 g3 / (a^{3/2} sqrt(2π M)) with g3 = f'''/6 = -1/3 (docs/laplace.md §5).
     sign = 1.0 if end == "lower" else -1.0
-    f = lambda x: -x**2 / 2 - (sign * x) ** 3 / 3  # noqa: E731
+    f = lambda x: -(x**2) / 2 - (sign * x) ** 3 / 3  # noqa: E731
     lower, upper = (0.0, math.inf) if end == "lower" else (-math.inf, 0.0)
     predicted = -4.0 / (3.0 * math.sqrt(2 * math.pi))
     for M in (1e4, 1e6):
@@ -154,7 +166,9 @@ def test_endpoint_with_nonzero_slope():
         assert math.expm1(exact - result.log_value) * M == pytest.approx(-1.0, abs=5.0 / M)
     # f = x on [-1, 0]: exactly (1 - e^{-M}) / M, which the endpoint form gives up to e^{-M}.
     result = laplace.laplace_integral(lambda x: x, 50.0, lower=-1.0, upper=0.0)
-    assert result.kind == "endpoint" and result.log_value == pytest.approx(math.log(-math.expm1(-50.0) / 50.0), abs=1e-20)
+    assert result.kind == "endpoint" and result.log_value == pytest.approx(
+        math.log(-math.expm1(-50.0) / 50.0), abs=1e-20
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,14 +199,20 @@ def grid_log_integral(exponent, M: float, half_width: float, points: int = 601) 
 
 def test_non_gaussian_2d_error_shrinks_like_one_over_m():
     def exponent(x0, x1):
-        return -0.5 * (PRECISION[0, 0] * x0**2 + 2 * PRECISION[0, 1] * x0 * x1 + PRECISION[1, 1] * x1**2) - (x0**4 + x1**4) / 12 + 0.25 * x0 * x1**2
+        return (
+            -0.5 * (PRECISION[0, 0] * x0**2 + 2 * PRECISION[0, 1] * x0 * x1 + PRECISION[1, 1] * x1**2)
+            - (x0**4 + x1**4) / 12
+            + 0.25 * x0 * x1**2
+        )
 
     smallest_curvature = float(torch.linalg.eigvalsh(PRECISION)[0])
     Ms, errors = [10.0, 20.0, 40.0, 80.0], []
     for M in Ms:
         result = laplace.laplace_integral_nd(lambda x: exponent(x[0], x[1]), M, init=[0.4, -0.3])
         assert torch.allclose(result.x0, torch.zeros(2, dtype=torch.float64), atol=1e-9, rtol=0)
-        errors.append(math.expm1(result.log_value - grid_log_integral(exponent, M, 12.0 / math.sqrt(M * smallest_curvature))))
+        errors.append(
+            math.expm1(result.log_value - grid_log_integral(exponent, M, 12.0 / math.sqrt(M * smallest_curvature)))
+        )
     assert fitted_slope(Ms, errors) == pytest.approx(-1.0, abs=0.1)
 
 
@@ -203,7 +223,9 @@ def test_newton_falls_back_to_lbfgs_where_the_start_is_not_concave():
     assert float(torch.linalg.eigvalsh(-hessian_at_start)[0]) < 0  # Newton alone cannot start here
     result = laplace.laplace_integral_nd(f, 10.0, init=start)
     assert torch.allclose(result.x0, MEAN, atol=1e-10, rtol=0)
-    assert result.log_value == pytest.approx(10.0 + math.log(2 * math.pi / 10.0) - 0.5 * math.log(float(torch.linalg.det(PRECISION))), rel=1e-12)
+    assert result.log_value == pytest.approx(
+        10.0 + math.log(2 * math.pi / 10.0) - 0.5 * math.log(float(torch.linalg.det(PRECISION))), rel=1e-12
+    )
 
 
 def test_gaussian_log_evidence_is_batched_and_matches_logdet():
@@ -236,7 +258,18 @@ def test_gaussian_log_evidence_is_batched_and_matches_logdet():
         (dict(f=lambda x: x**2, M=1.0, lower=-1.0, upper=1.0), "two comparable maxima"),
         (dict(f=lambda x: -(x**2) / 2 - x**3, M=10.0, lower=0.0, upper=1.0, order=1), "only order 0"),
     ],
-    ids=["unbounded", "boundary-refused", "minimum", "degenerate", "nan", "bad-M", "bad-derivatives", "not-stationary", "two-peaks", "order-at-end"],
+    ids=[
+        "unbounded",
+        "boundary-refused",
+        "minimum",
+        "degenerate",
+        "nan",
+        "bad-M",
+        "bad-derivatives",
+        "not-stationary",
+        "two-peaks",
+        "order-at-end",
+    ],
 )
 def test_refusals_name_the_problem(kwargs, message):
     with pytest.raises(VaelabError, match=message):
@@ -252,7 +285,9 @@ def test_refusals_in_d_dimensions():
 
 
 def test_taylor_mode_agrees_with_autograd_and_autograd_is_capped():
-    composite = lambda x: torch.exp(-(x**2)) * torch.cos(3 * x) + torch.lgamma(x + 2) + torch.sqrt(1 + x**2) / torch.tanh(x)  # noqa: E731
+    def composite(x):
+        return torch.exp(-(x**2)) * torch.cos(3 * x) + torch.lgamma(x + 2) + torch.sqrt(1 + x**2) / torch.tanh(x)
+
     taylor = laplace.taylor_derivatives(composite, 0.7, 6)
     nested = laplace._autograd_derivatives(composite, 0.7, 6)
     assert taylor == pytest.approx(nested, rel=1e-12)
@@ -278,7 +313,11 @@ def test_cli_factorial_table_and_plot(tmp_path, capsys):
     plot = tmp_path / "errors.png"
     assert run_cli(["laplace", "factorial", "--n", "1", "10", "100", "--order", "0", "1", "--plot", str(plot)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in lines if line.startswith("| ") and "---" not in line}
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in lines
+        if line.startswith("| ") and "---" not in line
+    }
     assert rows["10"][0] == f"{math.lgamma(11.0):.16g}"
     assert [rows[n][2] for n in ("1", "10", "100")] == ["-7.786e-02", "-8.296e-03", "-8.330e-04"]
     assert float(rows["10"][3]) == pytest.approx(laplace.laplace_factorial(10.0, 1), rel=1e-15)

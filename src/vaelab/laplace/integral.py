@@ -73,7 +73,10 @@ def _values_on_grid(f: Callable[[torch.Tensor], torch.Tensor], xs: torch.Tensor)
             try:
                 values = torch.stack([torch.as_tensor(f(x), dtype=DTYPE).reshape(()) for x in xs])
             except Exception as error:
-                raise VaelabError(f"evaluating f failed ({type(error).__name__}: {error}); f must map a float64 tensor x to a tensor of the same shape") from None
+                raise VaelabError(
+                    f"evaluating f failed ({type(error).__name__}: {error}); f must map "
+                    "a float64 tensor x to a tensor of the same shape"
+                ) from None
     return values
 
 
@@ -81,11 +84,15 @@ def _first_nonfinite(xs: torch.Tensor, values: torch.Tensor) -> None:
     bad = torch.isnan(values) | (values == math.inf)
     if bool(bad.any()):
         index = int(bad.nonzero()[0])
-        raise VaelabError(f"f({float(xs[index]):.6g}) = {float(values[index])}: f must be finite (or -inf) on the interval; restrict the interval to where f is defined")
+        raise VaelabError(
+            f"f({float(xs[index]):.6g}) = {float(values[index])}: f must be finite (or "
+            "-inf) on the interval; restrict the interval to where f is defined"
+        )
 
 
 def _locate_maximum(f: Callable, lower: float, upper: float, init: float | None, M: float, tol: float) -> float:
-    """The x in [lower, upper] where f is largest: a grid search (grown outwards on an infinite interval), then Newton."""
+    """The x in [lower, upper] where f is largest: a grid search (grown outwards on an infinite
+    interval), then Newton."""
     if math.isfinite(lower) and math.isfinite(upper):
         centre, half_width = 0.5 * (lower + upper), 0.5 * (upper - lower)
     else:
@@ -94,7 +101,9 @@ def _locate_maximum(f: Callable, lower: float, upper: float, init: float | None,
         else:
             centre = lower + 1.0 if math.isfinite(lower) else upper - 1.0 if math.isfinite(upper) else 0.0
         if not lower <= centre <= upper:
-            raise VaelabError(f"init = {centre} lies outside the interval [{lower}, {upper}]; start the search inside it")
+            raise VaelabError(
+                f"init = {centre} lies outside the interval [{lower}, {upper}]; start the search inside it"
+            )
         half_width = 1.0
     for _ in range(_MAX_WINDOW_GROWTHS):
         left, right = max(lower, centre - half_width), min(upper, centre + half_width)
@@ -103,7 +112,10 @@ def _locate_maximum(f: Callable, lower: float, upper: float, init: float | None,
         _first_nonfinite(xs, values)
         best = int(torch.argmax(values))
         if values[best] == -math.inf:
-            raise VaelabError(f"f = -inf everywhere on [{left:.6g}, {right:.6g}]: the integrand is zero there; choose an interval where f is finite")
+            raise VaelabError(
+                f"f = -inf everywhere on [{left:.6g}, {right:.6g}]: the integrand "
+                "is zero there; choose an interval where f is finite"
+            )
         grows_left = best == 0 and left > lower
         grows_right = best == _GRID_POINTS - 1 and right < upper
         if not (grows_left or grows_right):
@@ -111,7 +123,10 @@ def _locate_maximum(f: Callable, lower: float, upper: float, init: float | None,
         half_width *= 4.0
     else:
         side = "-inf" if grows_left else "+inf"
-        raise VaelabError(f"f keeps increasing towards {side} (searched out to |x| ~ {half_width:.3g}): there is no maximum and ∫ exp(M f) diverges; give a finite interval end or a different f")
+        raise VaelabError(
+            f"f keeps increasing towards {side} (searched out to |x| ~ {half_width:.3g}): there is no "
+            "maximum and ∫ exp(M f) diverges; give a finite interval end or a different f"
+        )
     _refuse_competing_peak(xs, values, best, M)
 
     if best == 0 or best == _GRID_POINTS - 1:
@@ -137,7 +152,8 @@ def _refuse_competing_peak(xs: torch.Tensor, values: torch.Tensor, best: int, M:
         other = int(competitors.nonzero()[0])
         raise VaelabError(
             f"f has two comparable maxima, near x = {float(xs[best]):.6g} and x = {float(xs[other]):.6g} "
-            f"(M·(difference in f) = {float(M * (values[best] - values[other])):.3g} < {_COMPETING_PEAK_GAP:g}), so one "
+            f"(M·(difference in f) = {float(M * (values[best] - values[other])):.3g} "
+            f"< {_COMPETING_PEAK_GAP:g}), so one "
             "Laplace peak would miss part of the integral; split the interval so that each piece holds one maximum"
         )
 
@@ -208,7 +224,10 @@ def laplace_integral(
             raise VaelabError("derivatives are values at x0: pass x0 with them")
         needed = 3 if x0 in (lower, upper) else 2 * order + 3
         if len(derivatives) < needed:
-            raise VaelabError(f"order {order} needs derivatives (f(x0), f'(x0), ..., f^({needed - 1})(x0)): {needed} values (got {len(derivatives)})")
+            raise VaelabError(
+                f"order {order} needs derivatives (f(x0), f'(x0), ..., f^({needed - 1})(x0)): "
+                f"{needed} values (got {len(derivatives)})"
+            )
         derivs: Sequence[Any] | None = list(derivatives[:needed])
     elif f is None:
         raise VaelabError("give f (a function of a float64 tensor) or derivatives with x0")
@@ -224,37 +243,77 @@ def laplace_integral(
     if derivs is None:
         derivs = taylor_derivatives(f, x0, 2 if at_end else 2 * order + 2)
     if not all(math.isfinite(float(d)) for d in derivs):
-        raise VaelabError(f"f or its derivatives are not finite at x0 = {x0:.17g} ({[float(d) for d in derivs]}); f must be smooth and finite at its maximum")
+        raise VaelabError(
+            f"f or its derivatives are not finite at x0 = {x0:.17g} "
+            f"({[float(d) for d in derivs]}); f must be smooth and finite at its maximum"
+        )
     f0, f1, f2 = (float(d) for d in derivs[:3])
 
     if not at_end and f2 < 0 and f is not None and derivatives is None:
         # A maximum closer to an end than the stationarity tolerance is numerically at that end.
         nearest_end = lower if x0 - lower <= upper - x0 else upper
         if abs(x0 - nearest_end) * math.sqrt(M * -f2) <= stationary_tol:
-            return laplace_integral(f, M, lower=lower, upper=upper, x0=nearest_end, order=order, allow_boundary=allow_boundary, stationary_tol=stationary_tol)
+            return laplace_integral(
+                f,
+                M,
+                lower=lower,
+                upper=upper,
+                x0=nearest_end,
+                order=order,
+                allow_boundary=allow_boundary,
+                stationary_tol=stationary_tol,
+            )
     if at_end:
         return _boundary_estimate(x0, f0, f1, f2, M, lower, upper, order, allow_boundary, stationary_tol)
 
     if not f2 < 0:
-        raise VaelabError(f"f''(x0) = {f2 + 0.0:.6g} >= 0 at x0 = {x0:.17g}: not a strict maximum, so the Gaussian width 1/sqrt(M |f''|) does not exist; give x0 where f'' < 0 (a degenerate maximum needs another method)")
-    shift_in_widths = abs(f1) * math.sqrt(M / -f2)  # |f'/f''| (Newton's distance to the peak) over the width 1/sqrt(M a)
+        raise VaelabError(
+            f"f''(x0) = {f2 + 0.0:.6g} >= 0 at x0 = {x0:.17g}: not a strict maximum, so the Gaussian width 1/sqrt(M "
+            "|f''|) does not exist; give x0 where f'' < 0 (a degenerate maximum needs another method)"
+        )
+    shift_in_widths = abs(f1) * math.sqrt(
+        M / -f2
+    )  # |f'/f''| (Newton's distance to the peak) over the width 1/sqrt(M a)
     if shift_in_widths > stationary_tol:
-        raise VaelabError(f"x0 = {x0:.17g} is not a stationary point: f'(x0) = {f1:.6g}, so the maximum is ~{abs(f1 / f2):.3g} away ({shift_in_widths:.3g} peak widths); omit x0 and let laplace_integral find the maximum")
+        raise VaelabError(
+            f"x0 = {x0:.17g} is not a stationary point: f'(x0) = {f1:.6g}, so the maximum is ~{abs(f1 / f2):.3g} "
+            f"away ({shift_in_widths:.3g} peak widths); omit x0 and let laplace_integral find the maximum"
+        )
     coefficients = series_coefficients(derivs, order)
     correction = sum(float(c) * M ** (-k) for k, c in enumerate(coefficients) if k > 0)
     if not correction > -1.0:
-        raise VaelabError(f"the series 1 + Σ c_k/M^k = {1.0 + correction:.6g} is not positive at M = {M:g}, order {order}: M is too small for this order; lower the order or raise M")
+        raise VaelabError(
+            f"the series 1 + Σ c_k/M^k = {1.0 + correction:.6g} is not positive at M = {M:g}, "
+            f"order {order}: M is too small for this order; lower the order or raise M"
+        )
     log_value = M * f0 + 0.5 * (LOG_2PI - math.log(M * -f2)) + math.log1p(correction)
     return LaplaceResult(log_value, x0, f0, f1, f2, M, order, "interior", tuple(coefficients))
 
 
-def _boundary_estimate(x0: float, f0: float, f1: float, f2: float, M: float, lower: float, upper: float, order: int, allow_boundary: bool, tol: float) -> LaplaceResult:
+def _boundary_estimate(
+    x0: float,
+    f0: float,
+    f1: float,
+    f2: float,
+    M: float,
+    lower: float,
+    upper: float,
+    order: int,
+    allow_boundary: bool,
+    tol: float,
+) -> LaplaceResult:
     """Half-Gaussian (f'(x0) = 0) or endpoint (f'(x0) ≠ 0) form at an end of the interval, order 0."""
     end = "lower" if x0 == lower else "upper"
     if not allow_boundary:
-        raise VaelabError(f"the maximum of f on [{lower}, {upper}] is at the {end} end x0 = {x0:.6g}, not inside: there is no interior maximum; widen the interval, or pass allow_boundary=True for the half-Gaussian / endpoint forms")
+        raise VaelabError(
+            f"the maximum of f on [{lower}, {upper}] is at the {end} end x0 = {x0:.6g}, not inside: there is no "
+            "interior maximum; widen the interval, or pass allow_boundary=True for the half-Gaussian / endpoint forms"
+        )
     if order > 0:
-        raise VaelabError(f"the maximum is at the {end} end x0 = {x0:.6g}, where only order 0 is implemented (the interior series does not apply at an end); use order 0")
+        raise VaelabError(
+            f"the maximum is at the {end} end x0 = {x0:.6g}, where only order 0 is implemented "
+            "(the interior series does not apply at an end); use order 0"
+        )
     inward_slope = f1 if end == "lower" else -f1  # the derivative of f walking into the interval
     if f2 < 0 and abs(f1) * math.sqrt(M / -f2) <= tol:
         # Half of the Gaussian integral: ∫_0^∞ e^{-M a y²/2} dy = ½ sqrt(2π/(M a)).
@@ -265,8 +324,14 @@ def _boundary_estimate(x0: float, f0: float, f1: float, f2: float, M: float, low
         log_value = M * f0 - math.log(M * abs(f1))
         return LaplaceResult(log_value, x0, f0, f1, f2, M, 0, "endpoint", (1,))
     if inward_slope == 0:
-        raise VaelabError(f"f'(x0) = 0 and f''(x0) = {f2:.6g} >= 0 at the {end} end x0 = {x0:.6g}: not a maximum; give the interval where f has its maximum")
-    raise VaelabError(f"f increases into the interval from the {end} end x0 = {x0:.6g} (f'(x0) = {f1:.6g}): the maximum lies inside; give x0 there or omit it")
+        raise VaelabError(
+            f"f'(x0) = 0 and f''(x0) = {f2:.6g} >= 0 at the {end} end x0 = {x0:.6g}: "
+            "not a maximum; give the interval where f has its maximum"
+        )
+    raise VaelabError(
+        f"f increases into the interval from the {end} end x0 = {x0:.6g} "
+        f"(f'(x0) = {f1:.6g}): the maximum lies inside; give x0 there or omit it"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +339,15 @@ def _boundary_estimate(x0: float, f0: float, f1: float, f2: float, M: float, low
 # --------------------------------------------------------------------------------------------
 
 
-def quadrature_log_integral(f: Callable[[torch.Tensor], torch.Tensor], M: float, lower: float = -math.inf, upper: float = math.inf, *, peak: float, width: float | None = None) -> float:
+def quadrature_log_integral(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    M: float,
+    lower: float = -math.inf,
+    upper: float = math.inf,
+    *,
+    peak: float,
+    width: float | None = None,
+) -> float:
     """log ∫_lower^upper exp(M f(x)) dx in nats by adaptive quadrature (mpmath.quad, else scipy's quad).
 
     The integrand is scaled by exp(-M f(peak)) and split at peak ± width, ± 10 width (default width
@@ -290,10 +363,15 @@ def quadrature_log_integral(f: Callable[[torch.Tensor], torch.Tensor], M: float,
     def scaled_integrand(x: float) -> float:
         value = float(f(torch.tensor(float(x), dtype=DTYPE)))
         if math.isnan(value) or value == math.inf:
-            raise VaelabError(f"f({float(x):.6g}) = {value} inside the quadrature interval; restrict the interval to where f is defined")
+            raise VaelabError(
+                f"f({float(x):.6g}) = {value} inside the quadrature interval; "
+                "restrict the interval to where f is defined"
+            )
         return math.exp(M * (value - f_peak))
 
-    splits = sorted({lower, upper} | {peak + s * width for s in (-10, -1, 0, 1, 10) if lower < peak + s * width < upper})
+    splits = sorted(
+        {lower, upper} | {peak + s * width for s in (-10, -1, 0, 1, 10) if lower < peak + s * width < upper}
+    )
     try:
         import mpmath
     except ModuleNotFoundError:
@@ -305,7 +383,12 @@ def quadrature_log_integral(f: Callable[[torch.Tensor], torch.Tensor], M: float,
             from scipy.integrate import quad
         except ModuleNotFoundError:
             raise VaelabError("quadrature needs mpmath or scipy: pip install 'vaelab[quadrature]'") from None
-        total = sum(quad(scaled_integrand, a, b, epsabs=0.0, epsrel=1e-13, limit=200)[0] for a, b in zip(splits[:-1], splits[1:]))
+        total = sum(
+            quad(scaled_integrand, a, b, epsabs=0.0, epsrel=1e-13, limit=200)[0]
+            for a, b in zip(splits[:-1], splits[1:])
+        )
     if not total > 0:
-        raise VaelabError(f"the quadrature gave {total}; the integrand vanishes where it was sampled: check peak and the interval")
+        raise VaelabError(
+            f"the quadrature gave {total}; the integrand vanishes where it was sampled: check peak and the interval"
+        )
     return M * f_peak + math.log(total)

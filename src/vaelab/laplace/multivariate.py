@@ -42,19 +42,30 @@ class LaplaceResultND:
 
 
 def gaussian_log_evidence(log_peak: torch.Tensor, neg_hessian: torch.Tensor) -> torch.Tensor:
-    """log ∫ exp(log_peak - ½ zᵀ(-H)z) dz = log_peak + (d/2) log 2π - ½ log det(-H): (...,), (..., d, d) -> (...,), nats, float64.
+    """log ∫ exp(log_peak - ½ zᵀ(-H)z) dz = log_peak + (d/2) log 2π - ½ log det(-H):
+    (...,), (..., d, d) -> (...,), nats, float64.
 
     The Laplace evidence log p(x) ≈ log p(x, z*) + (d/2) log 2π - ½ log det(-H) (M = 1); log det by Cholesky.
     """
     log_peak = torch.as_tensor(log_peak, dtype=DTYPE)
     neg_hessian = torch.as_tensor(neg_hessian, dtype=DTYPE)
-    if neg_hessian.ndim < 2 or neg_hessian.shape[-1] != neg_hessian.shape[-2] or neg_hessian.shape[:-2] != log_peak.shape:
-        raise VaelabError(f"neg_hessian must be (..., d, d) with log_peak (...,) (got {tuple(neg_hessian.shape)} and {tuple(log_peak.shape)}); stack one d x d matrix per log_peak entry")
+    if (
+        neg_hessian.ndim < 2
+        or neg_hessian.shape[-1] != neg_hessian.shape[-2]
+        or neg_hessian.shape[:-2] != log_peak.shape
+    ):
+        raise VaelabError(
+            f"neg_hessian must be (..., d, d) with log_peak (...,) (got {tuple(neg_hessian.shape)} "
+            f"and {tuple(log_peak.shape)}); stack one d x d matrix per log_peak entry"
+        )
     dimension = neg_hessian.shape[-1]
     nonfinite = ~(torch.isfinite(log_peak) & torch.isfinite(neg_hessian).all(-1).all(-1))
     if bool(nonfinite.any()):
         bad = [index[0] if len(index) == 1 else tuple(index) for index in nonfinite.nonzero().tolist()]
-        raise VaelabError(f"log_peak or neg_hessian is not finite at batch item(s) {bad[:5]}; check the maximisation that produced them")
+        raise VaelabError(
+            "log_peak or neg_hessian is not finite at batch item(s) "
+            f"{bad[:5]}; check the maximisation that produced them"
+        )
     # Only the symmetric part enters the quadratic form; symmetrising removes autograd's rounding asymmetry.
     symmetric = 0.5 * (neg_hessian + neg_hessian.mT)
     cholesky, info = torch.linalg.cholesky_ex(symmetric)
@@ -78,7 +89,8 @@ def laplace_integral_nd(
     max_newton_steps: int = 100,
     stationary_tol: float = 1e-6,
 ) -> LaplaceResultND:
-    """log ∫_{R^d} exp(M f(x)) dx ≈ M f(x0) + (d/2) log(2π/M) - ½ log det(-H), H = ∇²f(x0) by torch.func.jacrev twice, nats.
+    """log ∫_{R^d} exp(M f(x)) dx ≈ M f(x0) + (d/2) log(2π/M) - ½ log det(-H),
+    H = ∇²f(x0) by torch.func.jacrev twice, nats.
 
     f maps a float64 (d,) tensor to a scalar tensor. Without x0 the maximum is found from init by
     Newton with a backtracking line search, falling back to L-BFGS where -H is not positive definite.
@@ -96,10 +108,16 @@ def laplace_integral_nd(
     cholesky, info = torch.linalg.cholesky_ex(neg_hessian)
     if int(info) != 0:
         eigenvalues = torch.linalg.eigvalsh(neg_hessian)
-        raise VaelabError(f"-H at x0 is not positive definite (eigenvalues of -H: {[round(v, 6) for v in eigenvalues.tolist()]}): x0 is not a strict maximum (a saddle or minimum); give the maximum of f")
+        raise VaelabError(
+            f"-H at x0 is not positive definite (eigenvalues of -H: {[round(v, 6) for v in eigenvalues.tolist()]}): "
+            "x0 is not a strict maximum (a saddle or minimum); give the maximum of f"
+        )
     shift_in_widths = math.sqrt(M * max(float(gradient @ torch.cholesky_solve(gradient[:, None], cholesky)[:, 0]), 0.0))
     if shift_in_widths > stationary_tol:
-        raise VaelabError(f"x0 is not a stationary point: |∇f(x0)| = {float(gradient.norm()):.3g}, {shift_in_widths:.3g} peak widths from the maximum; pass init instead of x0 to let Newton find it")
+        raise VaelabError(
+            f"x0 is not a stationary point: |∇f(x0)| = {float(gradient.norm()):.3g}, {shift_in_widths:.3g} "
+            "peak widths from the maximum; pass init instead of x0 to let Newton find it"
+        )
     log_value = float(gaussian_log_evidence(torch.tensor([M * f0], dtype=DTYPE), (M * neg_hessian)[None])[0])
     log_det = float(2.0 * torch.log(torch.diagonal(cholesky)).sum())
     return LaplaceResultND(log_value, point, f0, neg_hessian, log_det, M, steps)
@@ -113,10 +131,18 @@ def _value_gradient_neg_hessian(f: Callable, x: torch.Tensor) -> tuple[float, to
         # which warn (DeprecationWarning) in current torch.
         hessian = torch.func.jacrev(torch.func.jacrev(f))(x)
     except Exception as error:
-        raise VaelabError(f"differentiating f failed ({type(error).__name__}: {error}); f must map a float64 (d,) tensor to a scalar with torch functions") from None
+        raise VaelabError(
+            f"differentiating f failed ({type(error).__name__}: {error}); f must "
+            "map a float64 (d,) tensor to a scalar with torch functions"
+        ) from None
     hessian = hessian.reshape(x.numel(), x.numel())
-    if not (bool(torch.isfinite(value)) and bool(torch.isfinite(gradient).all()) and bool(torch.isfinite(hessian).all())):
-        raise VaelabError(f"f, its gradient or its Hessian is not finite at x = {x.tolist()}; f must be smooth and finite near its maximum")
+    if not (
+        bool(torch.isfinite(value)) and bool(torch.isfinite(gradient).all()) and bool(torch.isfinite(hessian).all())
+    ):
+        raise VaelabError(
+            f"f, its gradient or its Hessian is not finite at x = {x.tolist()}; "
+            "f must be smooth and finite near its maximum"
+        )
     return float(value), gradient.reshape(-1), -0.5 * (hessian + hessian.mT)
 
 
@@ -151,13 +177,24 @@ def _newton_maximise(f: Callable, x: torch.Tensor, M: float, max_steps: int, tol
             break
         fallbacks += 1
         x = _lbfgs_ascent(f, x)
-    raise VaelabError(f"Newton did not reach a maximum of f from init within {max_steps} steps and {fallbacks} L-BFGS restarts (stopped at x = {x.tolist()}); f may have no maximum, or start closer to it or pass x0")
+    raise VaelabError(
+        f"Newton did not reach a maximum of f from init within {max_steps} steps and {fallbacks} L-BFGS "
+        f"restarts (stopped at x = {x.tolist()}); f may have no maximum, or start closer to it or pass x0"
+    )
 
 
 def _lbfgs_ascent(f: Callable, x: torch.Tensor) -> torch.Tensor:
     """Maximise f from x with L-BFGS (strong Wolfe line search), which needs no concavity."""
     point = x.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([point], lr=1.0, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, history_size=20, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [point],
+        lr=1.0,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def negative_f() -> torch.Tensor:
         optimizer.zero_grad()
@@ -169,5 +206,8 @@ def _lbfgs_ascent(f: Callable, x: torch.Tensor) -> torch.Tensor:
         optimizer.step(negative_f)
     result = point.detach()
     if not bool(torch.isfinite(result).all()):
-        raise VaelabError("L-BFGS ran off to non-finite x while looking for the maximum of f: f may be unbounded above (no maximum); check f, or start closer to its maximum or pass x0")
+        raise VaelabError(
+            "L-BFGS ran off to non-finite x while looking for the maximum of f: f may be unbounded "
+            "above (no maximum); check f, or start closer to its maximum or pass x0"
+        )
     return result

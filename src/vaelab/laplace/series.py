@@ -32,7 +32,8 @@ AUTOGRAD_MAX_DERIVATIVE = 8
 
 
 def series_coefficients(derivs: Sequence[Any], order: int) -> list:
-    """c_0..c_K of ∫ e^{M f} dx ≈ e^{M f0} sqrt(2π/(M a)) Σ_k c_k M^{-k}, a = -f''(x0), from derivs[j] = f^(j)(x0), j = 2..2K+2.
+    """c_0..c_K of ∫ e^{M f} dx ≈ e^{M f0} sqrt(2π/(M a)) Σ_k c_k M^{-k}, a = -f''(x0),
+    from derivs[j] = f^(j)(x0), j = 2..2K+2.
 
     With u ~ N(0, 1/a) and g_j = f^(j)/j!, exp(Σ_{m≥1} g_{m+2} u^{m+2} ε^m) = Σ_n B_n(u) ε^n, ε = M^{-1/2},
     and c_k = E[B_{2k}(u)], E[u^{2q}] = (2q-1)!!/a^q (docs/laplace.md §4). Exact Fractions when every
@@ -42,17 +43,26 @@ def series_coefficients(derivs: Sequence[Any], order: int) -> list:
         raise VaelabError(f"order must be an integer >= 0 (got {order!r})")
     needed = 2 * order + 3
     if len(derivs) < needed:
-        raise VaelabError(f"order {order} needs f^(j)(x0) for j up to {needed - 1}: derivs must have {needed} entries (got {len(derivs)})")
+        raise VaelabError(
+            f"order {order} needs f^(j)(x0) for j up to {needed - 1}: derivs "
+            f"must have {needed} entries (got {len(derivs)})"
+        )
     used = derivs[2:needed]
     exact = all(isinstance(d, Rational) and not isinstance(d, bool) for d in used)
     if not exact and not all(math.isfinite(float(d)) for d in used):
-        raise VaelabError(f"the derivatives of f at x0 are not all finite ({[float(d) for d in used]}); f must be smooth at its maximum")
+        raise VaelabError(
+            "the derivatives of f at x0 are not all finite "
+            f"({[float(d) for d in used]}); f must be smooth at its maximum"
+        )
     # Floats enter as the exact binary fractions they are: the moment sum below cancels heavily
     # (in float arithmetic Stirling's c_5 keeps only 9 of 16 digits, c_7 only 3), rational arithmetic does not.
     rational = [d if isinstance(d, Rational) else Fraction(float(d)) for d in derivs[:needed]]
     a = -Fraction(rational[2])
     if not a > 0:
-        raise VaelabError(f"f''(x0) = {float(derivs[2]):.6g} >= 0: x0 is not a strict maximum, so the series does not exist; give the maximum of f")
+        raise VaelabError(
+            f"f''(x0) = {float(derivs[2]):.6g} >= 0: x0 is not a strict maximum, "
+            "so the series does not exist; give the maximum of f"
+        )
     taylor = {j: Fraction(rational[j]) / math.factorial(j) for j in range(3, needed)}  # g_j = f^(j)(x0) / j!
 
     # B_0 = 1, B_n = (1/n) Σ_{m=1}^{n} m A_m B_{n-m}: the power series of exp(A) for A = Σ_m A_m ε^m,
@@ -71,7 +81,11 @@ def series_coefficients(derivs: Sequence[Any], order: int) -> list:
     coefficients = [Fraction(1)]
     for k in range(1, order + 1):
         # B_{2k} holds only even powers of u, whose Gaussian averages are (p-1)!!/a^{p/2}.
-        coefficients.append(sum((c * _odd_double_factorial(p - 1) / a ** (p // 2) for p, c in series_in_eps[2 * k].items()), Fraction(0)))
+        coefficients.append(
+            sum(
+                (c * _odd_double_factorial(p - 1) / a ** (p // 2) for p, c in series_in_eps[2 * k].items()), Fraction(0)
+            )
+        )
     return coefficients if exact else [float(c) for c in coefficients]
 
 
@@ -298,18 +312,40 @@ def _build_rules() -> dict[str, Callable[..., Any]]:
         "tan": _unary(lambda a: _riccati(a, _at("tan", a[0]), 1.0, 0.0, 1.0)),
         "tanh": _unary(lambda a: _riccati(a, _at("tanh", a[0]), 1.0, 0.0, -1.0)),
         "sigmoid": _unary(lambda a: _riccati(a, _at("sigmoid", a[0]), 0.0, 1.0, -1.0)),
-        "softplus": _unary(lambda a: _from_derivative(a, float(torch.nn.functional.softplus(torch.tensor(a[0], dtype=DTYPE))), _riccati(a, _at("sigmoid", a[0]), 0.0, 1.0, -1.0))),
+        "softplus": _unary(
+            lambda a: _from_derivative(
+                a,
+                float(torch.nn.functional.softplus(torch.tensor(a[0], dtype=DTYPE))),
+                _riccati(a, _at("sigmoid", a[0]), 0.0, 1.0, -1.0),
+            )
+        ),
         "sqrt": _unary(lambda a: _jet_real_power(a, 0.5)),
         "rsqrt": _unary(lambda a: _jet_real_power(a, -0.5)),
         "reciprocal": _unary(lambda a: _jet_div(one(a), a)),
         "square": _unary(lambda a: _jet_mul(a, a)),
         "abs": _unary(_jet_abs),
         "atan": _unary(lambda a: _from_derivative(a, _at("atan", a[0]), _jet_div(one(a), _one_plus(_jet_mul(a, a))))),
-        "asin": _unary(lambda a: _from_derivative(a, _at("asin", a[0]), _jet_real_power(_one_plus(_jet_mul(a, a), -1.0), -0.5))),
-        "acos": _unary(lambda a: _from_derivative(a, _at("acos", a[0]), [-c for c in _jet_real_power(_one_plus(_jet_mul(a, a), -1.0), -0.5)])),
-        "asinh": _unary(lambda a: _from_derivative(a, _at("asinh", a[0]), _jet_real_power(_one_plus(_jet_mul(a, a)), -0.5))),
-        "erf": _unary(lambda a: _from_derivative(a, _at("erf", a[0]), [2.0 / math.sqrt(math.pi) * c for c in _jet_exp([-c for c in _jet_mul(a, a)])])),
-        "erfc": _unary(lambda a: _from_derivative(a, _at("erfc", a[0]), [-2.0 / math.sqrt(math.pi) * c for c in _jet_exp([-c for c in _jet_mul(a, a)])])),
+        "asin": _unary(
+            lambda a: _from_derivative(a, _at("asin", a[0]), _jet_real_power(_one_plus(_jet_mul(a, a), -1.0), -0.5))
+        ),
+        "acos": _unary(
+            lambda a: _from_derivative(
+                a, _at("acos", a[0]), [-c for c in _jet_real_power(_one_plus(_jet_mul(a, a), -1.0), -0.5)]
+            )
+        ),
+        "asinh": _unary(
+            lambda a: _from_derivative(a, _at("asinh", a[0]), _jet_real_power(_one_plus(_jet_mul(a, a)), -0.5))
+        ),
+        "erf": _unary(
+            lambda a: _from_derivative(
+                a, _at("erf", a[0]), [2.0 / math.sqrt(math.pi) * c for c in _jet_exp([-c for c in _jet_mul(a, a)])]
+            )
+        ),
+        "erfc": _unary(
+            lambda a: _from_derivative(
+                a, _at("erfc", a[0]), [-2.0 / math.sqrt(math.pi) * c for c in _jet_exp([-c for c in _jet_mul(a, a)])]
+            )
+        ),
         "lgamma": _unary(lambda a: _compose(a, _polygamma_series(a, -1))),
         "digamma": _unary(lambda a: _compose(a, _polygamma_series(a, 0))),
         "neg": _unary(lambda a: [-c for c in a]),
@@ -323,11 +359,31 @@ def _build_rules() -> dict[str, Callable[..., Any]]:
         "where": _jet_where,
     }
     aliases = {
-        "negative": "neg", "__neg__": "neg", "__pos__": "positive", "absolute": "abs", "arctan": "atan",
-        "arcsin": "asin", "arccos": "acos", "arcsinh": "asinh", "expit": "sigmoid", "gammaln": "lgamma",
-        "psi": "digamma", "__add__": "add", "__radd__": "add", "subtract": "sub", "__sub__": "sub",
-        "__rsub__": "rsub", "multiply": "mul", "__mul__": "mul", "__rmul__": "mul", "divide": "div",
-        "true_divide": "div", "__truediv__": "div", "__div__": "div", "__pow__": "pow", "float_power": "pow",
+        "negative": "neg",
+        "__neg__": "neg",
+        "__pos__": "positive",
+        "absolute": "abs",
+        "arctan": "atan",
+        "arcsin": "asin",
+        "arccos": "acos",
+        "arcsinh": "asinh",
+        "expit": "sigmoid",
+        "gammaln": "lgamma",
+        "psi": "digamma",
+        "__add__": "add",
+        "__radd__": "add",
+        "subtract": "sub",
+        "__sub__": "sub",
+        "__rsub__": "rsub",
+        "multiply": "mul",
+        "__mul__": "mul",
+        "__rmul__": "mul",
+        "divide": "div",
+        "true_divide": "div",
+        "__truediv__": "div",
+        "__div__": "div",
+        "__pow__": "pow",
+        "float_power": "pow",
     }
     rules.update({alias: rules[name] for alias, name in aliases.items()})
     # Reflected operators receive (self, other) and mean other ∘ self.
@@ -371,11 +427,19 @@ def _autograd_derivatives(f: Callable[[torch.Tensor], torch.Tensor], x0: float, 
         try:
             y = f(x)
         except Exception as error:
-            raise VaelabError(f"evaluating f at x = {x0!r} failed ({type(error).__name__}: {error}); f must take a float64 tensor and use torch functions") from None
+            raise VaelabError(
+                f"evaluating f at x = {x0!r} failed ({type(error).__name__}: {error}); "
+                "f must take a float64 tensor and use torch functions"
+            ) from None
         if not isinstance(y, torch.Tensor) or y.numel() != 1:
-            raise VaelabError(f"f must return a one-element torch tensor (got {type(y).__name__}); build it from torch functions of x")
+            raise VaelabError(
+                f"f must return a one-element torch tensor (got {type(y).__name__}); build it from torch functions of x"
+            )
         if n > 0 and not y.requires_grad:
-            raise VaelabError("f(x) does not depend on x through torch operations (math.* or .item() inside f cut the gradient); write f with torch functions")
+            raise VaelabError(
+                "f(x) does not depend on x through torch operations (math.* or .item() "
+                "inside f cut the gradient); write f with torch functions"
+            )
         derivatives = [float(y.detach())]
         for _ in range(n):
             if not y.requires_grad:  # a derivative that no longer depends on x: the rest are zero

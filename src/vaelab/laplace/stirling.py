@@ -19,12 +19,16 @@ __all__ = ["factorial_relative_error", "factorial_series_coefficients", "laplace
 
 @functools.lru_cache(maxsize=None)
 def _factorial_exponent_derivatives(n: int) -> tuple[Fraction, ...]:
-    """f^(j)(1) for f = ln x - x, j = 0..n, exactly: -1, 0, then (-1)^{j-1} (j-1)! (from f^(j)(x) = (-1)^{j-1} (j-1)! x^{-j})."""
-    return (Fraction(-1), Fraction(0)) + tuple(Fraction((-1) ** (j - 1) * math.factorial(j - 1)) for j in range(2, n + 1))
+    """f^(j)(1) for f = ln x - x, j = 0..n, exactly: -1, 0, then (-1)^{j-1} (j-1)!
+    (from f^(j)(x) = (-1)^{j-1} (j-1)! x^{-j})."""
+    return (Fraction(-1), Fraction(0)) + tuple(
+        Fraction((-1) ** (j - 1) * math.factorial(j - 1)) for j in range(2, n + 1)
+    )
 
 
 def factorial_series_coefficients(order: int) -> list[Fraction]:
-    """Stirling's series c_0..c_K = 1, 1/12, 1/288, -139/51840, ...: series_coefficients of f = ln x - x at x0 = 1, exact."""
+    """Stirling's series c_0..c_K = 1, 1/12, 1/288, -139/51840, ...: series_coefficients of
+    f = ln x - x at x0 = 1, exact."""
     return series_coefficients(_factorial_exponent_derivatives(2 * order + 2), order)
 
 
