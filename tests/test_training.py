@@ -90,3 +90,17 @@ def test_resuming_another_architecture_is_refused(tmp_path):
     other = config(model=ModelSpec(input_dim=16, hidden=5, latent_dims=2))
     with pytest.raises(VaelabError, match="another architecture"):
         train(other, prototypes(32), prototypes(8), tmp_path, resume_state=state, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside torch.compile
+def test_a_compiled_objective_trains_as_the_eager_one():
+    """--compile runs the same objective through torch.compile: the same batches and noise, so the
+    losses agree to float rounding (compiled kernels may sum in another order)."""
+    generator = torch.Generator().manual_seed(0)
+    train_x, test_x = (torch.rand(64, 16, generator=generator) > 0.5).float(), torch.rand(16, 16, generator=generator)
+    two_layers = ModelSpec(input_dim=16, hidden=12, latent_dims=(3, 2), activation="tanh")
+    eager = train(config(model=two_layers), train_x, test_x, progress=False)
+    compiled = train(config(model=two_layers, compile=True), train_x, test_x, progress=False)
+    for row_eager, row_compiled in zip(eager.history, compiled.history, strict=True):
+        assert row_compiled["train_loss"] == pytest.approx(row_eager["train_loss"], rel=1e-4)

@@ -153,6 +153,7 @@ class TrainConfig:
     detect_anomaly: bool = False
     autograd: bool = False  # gradients by autograd even where a kernel serves the run (vaelab.kernels)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = once per epoch
+    compile: bool = False  # torch.compile the objective where autograd trains the run (no kernel serves it)
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
@@ -170,6 +171,10 @@ class TrainConfig:
             self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
         )
         _require(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
+        _require(
+            not (self.compile and self.detect_anomaly),
+            "--compile and --detect-anomaly exclude each other: anomaly detection needs eager autograd; drop one",
+        )
 
 
 @dataclass(frozen=True)

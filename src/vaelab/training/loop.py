@@ -94,6 +94,9 @@ def train(
     if distributed.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=device_ids)
+    if config.compile and kernel_step is None:
+        # 1.1-1.35x per autograd step on a 2-core CPU, for 4-22 s of compilation (bench/README.md).
+        objective = torch.compile(objective)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype is not None)
     anomaly = torch.autograd.detect_anomaly() if config.detect_anomaly else contextlib.nullcontext()
     steps_per_epoch = math.ceil(n_train / config.batch_size)
