@@ -186,17 +186,17 @@ def test_a_run_outside_the_kernel_s_support_trains_through_autograd(case, monkey
 )
 def test_the_fused_decoder_is_the_model_s_log_likelihood(spec):
     torch.manual_seed(0)
-    model = build_model(spec)
+    model = build_model(spec).double()
     assert kernels.evaluation_decoder(model) is bernoulli_decoder.FusedBernoulliDecoder
     generator = torch.Generator().manual_seed(1)
-    x = (torch.rand(4, 30, generator=generator) > 0.5).float()  # (b, P)
-    z = torch.randn(4, 6, spec.latent_dim, generator=generator)  # (b, c, D)
-    decoder = bernoulli_decoder.FusedBernoulliDecoder(model, rows=4 * 6, device=torch.device("cpu"))
+    x = (torch.rand(4, 30, generator=generator) > 0.5).double()  # (b, P)
+    z = torch.randn(4, 6, spec.latent_dim, generator=generator, dtype=torch.float64)  # (b, c, D)
+    decoder = bernoulli_decoder.FusedBernoulliDecoder(model, 4 * 6, torch.device("cpu"), torch.float64)
     xw, xb = decoder.data_terms(x)
     with torch.no_grad():
         fused = decoder.log_likelihood(model.decoder_input(z), xw, xb)  # (b, c)
         expected = model.log_likelihood(x, z.transpose(0, 1)).T
-    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fused, expected, rtol=1e-12, atol=1e-10)
 
 
 def test_the_fused_decoder_does_not_serve_a_gaussian_likelihood():

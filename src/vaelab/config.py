@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vaelab.errors import VaelabError
+from vaelab.io import atomic_write
 
 VERIFIED_DATASETS = ("mnist", "fashion-mnist")  # pinned digests; fetched into the cache
 USER_DATASET = "idx"  # a user's own IDX files in MNIST's layout, checked for structure only
@@ -254,7 +255,7 @@ def _upgrade_model_dict(data: dict[str, Any]) -> dict[str, Any]:
 
 def save_json(config: Any, path: str | Path) -> None:
     """Write a config as indented JSON."""
-    Path(path).write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n", what="config")
 
 
 def load_json(cls: type[C], path: str | Path) -> C:

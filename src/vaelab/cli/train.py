@@ -333,6 +333,7 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     from vaelab import checkpoint, data
     from vaelab.config import from_dict, save_json, to_dict
     from vaelab.distributed import main_rank_first
+    from vaelab.io import atomic_write
     from vaelab.kernels import Runtime, training_path
     from vaelab.training import train
     from vaelab.training.guards import check_inputs
@@ -359,7 +360,7 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
         def claim() -> None:
             _claim_run_dir(run_dir, overwrite=args.overwrite)
             save_json(config, run_dir / "config.json")
-            (run_dir / "command.txt").write_text(shlex.join(["vaelab", *sys.argv[1:]]) + "\n")
+            atomic_write(run_dir / "command.txt", shlex.join(["vaelab", *sys.argv[1:]]) + "\n", what="command record")
 
         main_rank_first(claim, distributed, share_value=True)
     if distributed.is_main:

@@ -2,7 +2,8 @@
 
 Serves exactly: a model whose likelihood is Bernoulli with an MLP decoder ending in a linear
 layer (any depth, any activation, one or two stochastic layers), evaluated without gradients
-in float32 (the IWAE-k and Laplace-proposal importance samplers). Laplace's Newton search
+(the IWAE-k and Laplace-proposal importance samplers use it for float32 models; the tests hold
+it to the model's own log-likelihood in float64). Laplace's Newton search
 differentiates log p(x, z) and so goes through the model itself.
 
 With logits l = W h' + b, h' the decoder's last hidden activation, the data term is
@@ -34,21 +35,23 @@ def why_not(model: LatentVariableModel) -> str | None:
 class FusedBernoulliDecoder:
     """log p(x|h) = Σ_i x_i l_i - softplus(l_i) for h (b, c, D_h), c draws of each of b images."""
 
-    def __init__(self, model: LatentVariableModel, rows: int, device: torch.device) -> None:
+    def __init__(
+        self, model: LatentVariableModel, rows: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> None:
         decoder = model.likelihood.decoder
         self.trunk = decoder.trunk
-        self.w = decoder.head.weight.detach().to(device, torch.float32).contiguous()  # (P, H)
+        self.w = decoder.head.weight.detach().to(device, dtype).contiguous()  # (P, H)
         self.wt = self.w.T.contiguous()  # (H, P)
-        self.b = decoder.head.bias.detach().to(device, torch.float32)
-        self.logits = torch.empty(rows, self.w.shape[0], device=device)
+        self.b = decoder.head.bias.detach().to(device, dtype)
+        self.logits = torch.empty(rows, self.w.shape[0], device=device, dtype=dtype)
         # One hidden layer of ReLU units (the PyTorch example's decoder): also its buffer reused.
         layers = list(self.trunk)
         self.linear_relu = len(layers) == 2 and isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU)
         if self.linear_relu:
-            self.w1t = layers[0].weight.detach().to(device, torch.float32).T.contiguous()  # (D_h, H)
-            self.b1 = layers[0].bias.detach().to(device, torch.float32)
-            self.hidden = torch.empty(rows, self.w1t.shape[1], device=device)
-        self.zero = torch.zeros((), device=device)
+            self.w1t = layers[0].weight.detach().to(device, dtype).T.contiguous()  # (D_h, H)
+            self.b1 = layers[0].bias.detach().to(device, dtype)
+            self.hidden = torch.empty(rows, self.w1t.shape[1], device=device, dtype=dtype)
+        self.zero = torch.zeros((), device=device, dtype=dtype)
 
     @property
     def buffer_bytes(self) -> int:
