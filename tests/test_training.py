@@ -1,5 +1,7 @@
 """The training loop's behaviour on tiny synthetic data: it learns, it checkpoints, it resumes."""
 
+import math
+
 import pytest
 import torch
 
@@ -104,3 +106,56 @@ def test_a_compiled_objective_trains_as_the_eager_one():
     compiled = train(config(model=two_layers, compile=True), train_x, test_x, progress=False)
     for row_eager, row_compiled in zip(eager.history, compiled.history, strict=True):
         assert row_compiled["train_loss"] == pytest.approx(row_eager["train_loss"], rel=1e-4)
+
+
+def test_validation_keeps_the_best_model_beside_the_last(tmp_path):
+    """The last V training images are held out; best.pt is the checkpoint of the lowest validation -ELBO."""
+    train_x, test_x = prototypes(96), prototypes(16, seed=1)
+    result = train(config(epochs=4, validation_size=32, lr=3e-2), train_x, test_x, tmp_path, progress=False)
+    losses = [row["valid_loss"] for row in result.history]
+    assert all(math.isfinite(loss) for loss in losses)
+    best = checkpoint.load(tmp_path / "best.pt")
+    assert best["epoch"] == 1 + losses.index(min(losses))
+    # The held-out images are the last 32: the validation -ELBO of best.pt's model on them is the recorded one.
+    model = VAE(SMALL)
+    model.load_state_dict(best["model"])
+    assert sum(negative_elbo(model, train_x[-32:], seed=1)) == pytest.approx(min(losses), rel=1e-6)
+    assert [row["valid_loss"] for row in read_metrics(tmp_path / "metrics.csv")] == pytest.approx(losses, abs=1e-5)
+
+
+def test_patience_stops_when_validation_stops_improving(tmp_path):
+    train_x, test_x = prototypes(64), prototypes(16, seed=1)
+    frozen = config(epochs=5, validation_size=16, patience=2, lr=1e-30)  # the weights do not move
+    result = train(frozen, train_x, test_x, tmp_path, progress=False)
+    assert result.stopped == "early" and len(result.history) == 3  # epoch 1 is best; 2 and 3 are not better
+    with pytest.raises(VaelabError, match="--patience stops on the validation -ELBO"):
+        config(patience=2)
+
+
+def test_cosine_schedule_runs_from_lr_to_lr_final():
+    from vaelab.training.state import learning_rate_at
+
+    cosine = config(epochs=4, lr=1e-2, lr_schedule="cosine", lr_final=1e-4)
+    assert learning_rate_at(cosine, 0) == pytest.approx(1e-2)
+    assert learning_rate_at(cosine, 2) == pytest.approx((1e-2 + 1e-4) / 2)
+    assert learning_rate_at(cosine, 4) == pytest.approx(1e-4)
+    result = train(cosine, prototypes(64), prototypes(16, seed=1), progress=False)
+    assert [row["lr"] for row in result.history] == pytest.approx([learning_rate_at(cosine, e) for e in (1, 2, 3, 4)])
+    assert learning_rate_at(config(), 3) == 1e-2  # constant
+
+
+def test_resume_carries_the_validation_record(tmp_path):
+    train_x, test_x = torch.rand(96, 16), torch.rand(16, 16)
+    settings = dict(validation_size=32, patience=3, binarize="dynamic")
+    straight = train(config(epochs=3, **settings), train_x, test_x, tmp_path / "a", progress=False)
+    train(config(epochs=1, **settings), train_x, test_x, tmp_path / "b", progress=False)
+    resumed = train(
+        config(epochs=3, **settings),
+        train_x,
+        test_x,
+        tmp_path / "b",
+        resume_state=checkpoint.load(tmp_path / "b"),
+        progress=False,
+    )
+    assert [row["valid_loss"] for row in straight.history] == [row["valid_loss"] for row in resumed.history]
+    assert checkpoint.load(tmp_path / "a")["best_valid"] == checkpoint.load(tmp_path / "b")["best_valid"]

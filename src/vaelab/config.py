@@ -27,6 +27,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 ACTIVATION_NAMES = ("relu", "tanh", "elu", "softplus", "gelu")
 OBJECTIVES = ("elbo", "beta", "iwae", "dreg")
 MAX_LAYERS = 2
+LR_SCHEDULES = ("constant", "cosine")
 
 C = TypeVar("C")
 
@@ -155,6 +156,10 @@ class TrainConfig:
     autograd: bool = False  # gradients by autograd even where a kernel serves the run (vaelab.kernels)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = once per epoch
     compile: bool = False  # torch.compile the objective where autograd trains the run (no kernel serves it)
+    validation_size: int = 0  # hold out the last N training images for model selection; 0 = none
+    patience: int = 0  # stop after this many epochs without a better validation -ELBO; 0 = never
+    lr_schedule: str = "constant"  # or "cosine": from lr down to lr_final over the run's epochs
+    lr_final: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
@@ -172,6 +177,20 @@ class TrainConfig:
             self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
         )
         _require(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
+        _require(self.validation_size >= 0, f"--validation-size must be >= 0 (got {self.validation_size})")
+        _require(self.patience >= 0, f"--patience must be >= 0 (got {self.patience})")
+        _require(
+            self.patience == 0 or self.validation_size > 0,
+            "--patience stops on the validation -ELBO: give --validation-size N too",
+        )
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})",
+        )
+        _require(
+            math.isfinite(self.lr_final) and 0 <= self.lr_final <= self.lr,
+            f"--lr-final must be in [0, --lr] (got {self.lr_final})",
+        )
         _require(
             not (self.compile and self.detect_anomaly),
             "--compile and --detect-anomaly exclude each other: anomaly detection needs eager autograd; drop one",

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from vaelab import checkpoint
 from vaelab.config import TrainConfig
+from vaelab.errors import VaelabError
 from vaelab.distributed import Distributed, agree, all_reduce_sum, pick_device, share
 from vaelab.evaluation.units import negative_elbo
 from vaelab.kernels import Runtime, training_kernel
@@ -30,7 +31,7 @@ from vaelab.models.base import LatentVariableModel
 from vaelab.objectives import ObjectiveModule, kl_weight_at
 from vaelab.training.guards import FiniteCheck, StopRequest, check_inputs
 from vaelab.training.metrics import METRICS_NAME, write_metrics
-from vaelab.training.state import TrainState
+from vaelab.training.state import TrainState, learning_rate_at
 
 # How often the host reads the loss to check that it is finite. On the CPU a read costs nothing,
 # so every step, before the update; on an accelerator a read waits for the device's queue to
@@ -38,6 +39,7 @@ from vaelab.training.state import TrainState
 # within 50 steps, and what is on disk predates it.
 LOSS_READ_EVERY = {"cpu": 1}
 LOSS_READ_EVERY_ELSEWHERE = 50
+BEST_NAME = "best.pt"
 
 
 @dataclass
@@ -46,7 +48,7 @@ class TrainResult:
 
     model: LatentVariableModel
     history: list[dict[str, float]] = field(default_factory=list)
-    stopped: str = "completed"  # or "interrupted"
+    stopped: str = "completed"  # or "interrupted", or "early" (--patience)
     checkpoint_path: Path | None = None
 
 
@@ -64,11 +66,13 @@ def train(
 ) -> TrainResult:
     """Minimise the objective (summed over each batch, as the PyTorch example) with Adam.
 
-    train_x (N, P), test_x (M, P): float pixels in [0, 1]. Writes `metrics.csv` and the
-    checkpoint into `run_dir` (rank 0 only) after every epoch; `resume_state` is a loaded
-    checkpoint to continue from; `on_epoch(row, model)` is called on rank 0 after each epoch
-    (a logger's hook). Returns the history in nats per image.
+    train_x (N, P), test_x (M, P): float pixels in [0, 1]; with `config.validation_size` V the last
+    V training images are held out for model selection. Writes `metrics.csv` and the checkpoint
+    into `run_dir` (rank 0 only) after every epoch, and `best.pt` whenever the validation -ELBO
+    improves; `resume_state` is a loaded checkpoint to continue from; `on_epoch(row, model)` is
+    called on rank 0 after each epoch (a logger's hook). Returns the history in nats per image.
     """
+    train_x, valid_x = split_validation(config, train_x)
     check_inputs(config, train_x, test_x)
     device = device or pick_device(config.device)
     if config.threads:
@@ -85,7 +89,9 @@ def train(
     else:
         state = TrainState.resume(config, resume_state, device, distributed)
     model, optimizer, generator = state.model, state.optimizer, state.generator
-    train_x, test_x = _prepare_targets(config, train_x.to(device), test_x.to(device), device)
+    train_x, test_x, valid_x = _prepare_targets(
+        config, train_x.to(device), test_x.to(device), valid_x.to(device), device
+    )
     runtime = Runtime(distributed.world_size, config.autograd, config.detect_anomaly, config.precision, device.type)
     kernel = training_kernel(config.model, config.objective, runtime)
     compute_dtype = torch.bfloat16 if config.precision == "bf16" else None
@@ -129,7 +135,11 @@ def train(
                     x = torch.bernoulli(x, generator=generator)
                 if distributed.world_size > 1:
                     x, eps = share(x, distributed), share(eps, distributed, dim=1)
-                kl_weight = kl_weight_at(config.objective, epoch - 1 + (step + 1) / steps_per_epoch)
+                progress_epochs = epoch - 1 + (step + 1) / steps_per_epoch
+                kl_weight = kl_weight_at(config.objective, progress_epochs)
+                if config.lr_schedule != "constant":
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate_at(config, progress_epochs)
                 # --- forward (and, with a kernel, the gradient) ---------------------------------
                 if kernel_step is not None:
                     sums = kernel_step(x, eps, kl_weight)  # (loss, reconstruction, KL) summed, float64
@@ -170,6 +180,9 @@ def train(
             # --- epoch metrics: the training sums over all ranks, the test -ELBO on rank 0 -------
             train_loss, train_rec, train_kl = (all_reduce_sum(state.running, distributed) / n_train).tolist()
             test_rec, test_kl = negative_elbo(model, test_x, seed=config.seed, device=device)
+            valid_loss = (
+                sum(negative_elbo(model, valid_x, seed=config.seed, device=device)) if len(valid_x) else math.nan
+            )
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -179,12 +192,21 @@ def train(
                 "seconds": seconds,
                 "train_rec": train_rec,
                 "train_kl": train_kl,
+                "valid_loss": valid_loss,
+                "lr": optimizer.param_groups[0]["lr"],
             }
             state.history.append(row)
             state.running.zero_()
             state.epoch, state.step, state.epoch_seconds = epoch, 0, 0.0
+            improved = valid_loss < state.best_valid
+            if improved:
+                state.best_valid, state.epochs_since_best = valid_loss, 0
+            elif len(valid_x):
+                state.epochs_since_best += 1
             if distributed.is_main and run_dir is not None:
                 _save(state, config, distributed, checkpoint_path)
+                if improved:  # the best-on-validation model, kept beside the last
+                    _save(state, config, distributed, run_dir / BEST_NAME)
                 write_metrics(state.history, run_dir / METRICS_NAME)
             if distributed.is_main:  # the per-epoch line, with or without the progress bar
                 tqdm.write(
@@ -196,20 +218,43 @@ def train(
             if agree(stop.requested, distributed, device):  # the signal came during the epoch's last step or its end
                 result.stopped = "interrupted" if epoch < config.epochs else "completed"
                 return result
+            if config.patience and state.epochs_since_best >= config.patience and epoch < config.epochs:
+                if distributed.is_main:
+                    tqdm.write(
+                        f"early stop: no better validation -ELBO for {config.patience} epochs; best.pt holds the best"
+                    )
+                result.stopped = "early"
+                return result
     return result
 
 
+def split_validation(config: TrainConfig, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training images, validation images): the last `config.validation_size` of train_x (N, P) held out."""
+    held_out = config.validation_size
+    if held_out >= train_x.shape[0]:
+        raise VaelabError(
+            f"--validation-size {held_out} leaves no training images of {train_x.shape[0]}; use a smaller one"
+        )
+    return train_x[: train_x.shape[0] - held_out], train_x[train_x.shape[0] - held_out :]
+
+
 def _prepare_targets(
-    config: TrainConfig, train_x: torch.Tensor, test_x: torch.Tensor, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pixel targets: thresholded once, or (dynamic) the test set drawn once with seed + 1 so that
-    test losses are comparable across epochs; the training images are drawn afresh at every step."""
+    config: TrainConfig, train_x: torch.Tensor, test_x: torch.Tensor, valid_x: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixel targets: thresholded once, or (dynamic) the test and validation sets drawn once
+    (seeds seed + 1 and seed + 2) so that their losses are comparable across epochs; the training
+    images are drawn afresh at every step."""
     if config.binarize == "threshold":
-        return (train_x > 0.5).to(train_x.dtype), (test_x > 0.5).to(test_x.dtype)
+        return tuple((x > 0.5).to(x.dtype) for x in (train_x, test_x, valid_x))
     if config.binarize == "dynamic":
         test_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-        return train_x, torch.bernoulli(test_x, generator=test_generator)
-    return train_x, test_x
+        valid_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+        return (
+            train_x,
+            torch.bernoulli(test_x, generator=test_generator),
+            torch.bernoulli(valid_x, generator=valid_generator),
+        )
+    return train_x, test_x, valid_x
 
 
 def _save(

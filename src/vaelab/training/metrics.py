@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 from vaelab.io import atomic_write
@@ -11,7 +12,19 @@ from vaelab.io import atomic_write
 METRICS_NAME = "metrics.csv"
 # train_loss is the objective's own value (-ELBO, -β-ELBO or -L_k); test_loss is always the
 # one-sample -ELBO with the run's seed, comparable across objectives and epochs.
-METRICS_COLUMNS = ("epoch", "train_loss", "test_loss", "test_rec", "test_kl", "seconds", "train_rec", "train_kl")
+# valid_loss is the validation -ELBO with --validation-size (nan without).
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_rec",
+    "test_kl",
+    "seconds",
+    "train_rec",
+    "train_kl",
+    "valid_loss",
+    "lr",
+)
 
 
 def write_metrics(history: list[dict[str, float]], path: str | Path) -> None:
@@ -20,7 +33,7 @@ def write_metrics(history: list[dict[str, float]], path: str | Path) -> None:
     writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS)
     writer.writeheader()
     for row in history:
-        writer.writerow({name: _format(row[name]) for name in METRICS_COLUMNS})
+        writer.writerow({name: _format(row.get(name, math.nan)) for name in METRICS_COLUMNS})
     atomic_write(path, text.getvalue(), what="metrics file")
 
 
@@ -31,4 +44,8 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 def _format(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e9 else f"{value:.6f}"
+    if not math.isfinite(value):
+        return "nan"
+    if float(value).is_integer() and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.6g}" if abs(value) < 1e-3 else f"{value:.6f}"  # small: learning rates

@@ -9,6 +9,7 @@ every global generator, and the history. Resuming from it continues bit-for-bit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ class TrainState:
     running: torch.Tensor = field(default_factory=lambda: torch.zeros(len(RUNNING_TERMS), dtype=torch.float64))
     epoch_seconds: float = 0.0  # seconds spent in the current epoch before the last checkpoint
     history: list[dict[str, float]] = field(default_factory=list)
+    best_valid: float = math.inf  # the lowest validation -ELBO so far (with --validation-size)
+    epochs_since_best: int = 0
 
     @classmethod
     def start(cls, config: TrainConfig, device: torch.device) -> TrainState:
@@ -81,6 +84,8 @@ class TrainState:
         # A mid-epoch checkpoint holds the sums of all ranks; rank 0 carries them on.
         state.running = saved["running"].to(device) * float(distributed.is_main)
         state.epoch_seconds = float(saved["epoch_seconds"])
+        state.best_valid = float(saved.get("best_valid", math.inf))
+        state.epochs_since_best = int(saved.get("epochs_since_best", 0))
         return state
 
     def begin_epoch(self, n_train: int) -> torch.Tensor:
@@ -108,4 +113,14 @@ class TrainState:
             "epoch_seconds": self.epoch_seconds,
             "rng": checkpoint.capture_rng_state(),
             "history": self.history,
+            "best_valid": self.best_valid,
+            "epochs_since_best": self.epochs_since_best,
         }
+
+
+def learning_rate_at(config: TrainConfig, progress_epochs: float) -> float:
+    """Adam's learning rate after `progress_epochs` epochs (fractional): constant, or cosine from lr to lr_final."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    fraction = min(1.0, progress_epochs / config.epochs)
+    return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1.0 + math.cos(math.pi * fraction))
