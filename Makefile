@@ -13,7 +13,7 @@ TRAIN_ARGS ?=
 EVAL_ARGS ?= --k 1 10 100 1000
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench frontier clean
 
 setup: $(BIN)/.installed
 
@@ -41,6 +41,9 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+
+frontier: setup
+	$(BIN)/python bench/frontier.py --out runs/frontier $(FRONTIER_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

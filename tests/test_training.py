@@ -159,3 +159,21 @@ def test_resume_carries_the_validation_record(tmp_path):
     )
     assert [row["valid_loss"] for row in straight.history] == [row["valid_loss"] for row in resumed.history]
     assert checkpoint.load(tmp_path / "a")["best_valid"] == checkpoint.load(tmp_path / "b")["best_valid"]
+
+
+def test_a_time_budget_stops_after_the_epoch_that_spends_it():
+    result = train(config(epochs=50, max_seconds=1e-9), prototypes(32), prototypes(8, seed=1), progress=False)
+    assert result.stopped == "budget" and len(result.history) == 1
+
+
+def test_every_preset_is_a_valid_config_with_its_name_recorded():
+    from vaelab.presets import PRESETS, preset_config
+
+    for name, preset in PRESETS.items():
+        config_ = preset_config(name)
+        assert config_.preset == name and config_.model == preset.config.model
+        if preset.paper_nll is not None:  # the likelihood presets follow the literature's protocol
+            assert (config_.binarize, config_.validation_size) == ("dynamic", 10_000)
+    assert preset_config("pytorch-example") == TrainConfig(preset="pytorch-example")
+    with pytest.raises(VaelabError, match="unknown --preset 'nope'; choose one of pytorch-example"):
+        preset_config("nope")

@@ -160,6 +160,8 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better validation -ELBO; 0 = never
     lr_schedule: str = "constant"  # or "cosine": from lr down to lr_final over the run's epochs
     lr_final: float = 0.0
+    max_seconds: float = 0.0  # stop after the epoch in which training time passes this; 0 = no limit
+    preset: str = ""  # the --preset the run started from (vaelab.presets), recorded for the reader
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
@@ -179,6 +181,10 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
         _require(self.validation_size >= 0, f"--validation-size must be >= 0 (got {self.validation_size})")
         _require(self.patience >= 0, f"--patience must be >= 0 (got {self.patience})")
+        _require(
+            math.isfinite(self.max_seconds) and self.max_seconds >= 0,
+            f"--max-seconds must be >= 0 (got {self.max_seconds})",
+        )
         _require(
             self.patience == 0 or self.validation_size > 0,
             "--patience stops on the validation -ELBO: give --validation-size N too",

@@ -48,7 +48,7 @@ class TrainResult:
 
     model: LatentVariableModel
     history: list[dict[str, float]] = field(default_factory=list)
-    stopped: str = "completed"  # or "interrupted", or "early" (--patience)
+    stopped: str = "completed"  # or "interrupted", "early" (--patience) or "budget" (--max-seconds)
     checkpoint_path: Path | None = None
 
 
@@ -217,6 +217,10 @@ def train(
                     on_epoch(row, model)
             if agree(stop.requested, distributed, device):  # the signal came during the epoch's last step or its end
                 result.stopped = "interrupted" if epoch < config.epochs else "completed"
+                return result
+            trained_seconds = sum(past["seconds"] for past in state.history)
+            if config.max_seconds and trained_seconds >= config.max_seconds and epoch < config.epochs:
+                result.stopped = "budget"
                 return result
             if config.patience and state.epochs_since_best >= config.patience and epoch < config.epochs:
                 if distributed.is_main:

@@ -1,0 +1,98 @@
+"""Named starting points for `vaelab train --preset NAME`, each tied to the published result it follows.
+
+A preset is a TrainConfig; options given on the command line override any of its fields, and
+the run's config.json records the preset's name beside the resolved fields. The likelihood
+presets follow the literature's protocol on MNIST: training images binarized afresh at every
+step, the last 10 000 training images held out for validation (best.pt, early stopping), and
+the test NLL = -L_5000 on all 10 000 test images binarized by one seeded draw
+(`vaelab evaluate --checkpoint RUN/best.pt --k 5000`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vaelab.config import ModelSpec, ObjectiveSpec, TrainConfig
+from vaelab.errors import VaelabError
+
+# The literature's protocol (Burda et al. 2015, section 5; Tomczak & Welling 2018, section 4).
+PROTOCOL = {"binarize": "dynamic", "validation_size": 10_000}
+# Burda et al.'s networks: 784-200-200-50 with tanh units; two stochastic layers 784-(200-200)-100-(100-100)-50.
+BURDA_ONE_LAYER = ModelSpec(latent_dims=(50,), hidden=(200,), depth=2, activation="tanh")
+BURDA_TWO_LAYERS = ModelSpec(latent_dims=(100, 50), hidden=(200, 100), depth=2, activation="tanh")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named TrainConfig and the paper figure it corresponds to (test NLL in nats, or None)."""
+
+    name: str
+    config: TrainConfig
+    paper: str
+    paper_nll: float | None
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            "pytorch-example",
+            TrainConfig(),
+            "the PyTorch VAE example: 784-400-20 ReLU, grey-level targets, Adam 1e-3, batch 128, 10 epochs",
+            None,
+        ),
+        Preset(
+            "burda-vae",
+            TrainConfig(model=BURDA_ONE_LAYER, epochs=3280, batch_size=20, **PROTOCOL),
+            "Burda et al. 2015, table 1: VAE, one stochastic layer, k = 1, after 3 280 epochs",
+            86.76,
+        ),
+        Preset(
+            "burda-iwae",
+            TrainConfig(
+                model=BURDA_ONE_LAYER,
+                objective=ObjectiveSpec(name="iwae", k=50),
+                epochs=3280,
+                batch_size=20,
+                **PROTOCOL,
+            ),
+            "Burda et al. 2015, table 1: IWAE, one stochastic layer, k = 50",
+            84.78,
+        ),
+        Preset(
+            "burda-two-layer",
+            TrainConfig(
+                model=BURDA_TWO_LAYERS,
+                objective=ObjectiveSpec(name="iwae", k=5),
+                epochs=3280,
+                batch_size=20,
+                **PROTOCOL,
+            ),
+            "Burda et al. 2015, table 1: IWAE, two stochastic layers, k = 5",
+            83.89,
+        ),
+        Preset(
+            "vampprior",
+            TrainConfig(
+                model=ModelSpec(latent_dims=(40,), hidden=(300,), depth=2, prior="vamp", pseudo_inputs=500),
+                objective=ObjectiveSpec(warmup_epochs=100),
+                epochs=2000,
+                batch_size=100,
+                lr=5e-4,
+                patience=50,
+                **PROTOCOL,
+            ),
+            "Tomczak & Welling 2018, table 2: VampPrior, one stochastic layer, 784-300-300-40 MLP (theirs gated, "
+            "ReLU here), KL warm-up 100 epochs, early stopping after 50",
+            85.57,
+        ),
+    )
+}
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The TrainConfig of preset `name`; an unknown name is an error listing the known ones."""
+    if name not in PRESETS:
+        raise VaelabError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name].config, preset=name)
