@@ -3,6 +3,7 @@
     vaelab train    [--dataset mnist] [--epochs 10] ... [--out DIR] [--resume] [--config RUN/config.json]
     vaelab evaluate --checkpoint RUN [--k 1 10 100 1000 5000]
     vaelab sample   --checkpoint RUN [--n 64] --out FILE.png
+    vaelab report   RUN [--out FILE.html]
     vaelab data     fetch|info
     vaelab laplace  factorial|integral ...
 
@@ -16,10 +17,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from vaelab.cli import data, evaluate, laplace, sample, train
+from vaelab.cli import data, evaluate, laplace, report, sample, train
 from vaelab.errors import VaelabError
 
-SUBCOMMANDS = (train, evaluate, sample, data, laplace)
+SUBCOMMANDS = (train, evaluate, sample, report, data, laplace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Variational autoencoders and Laplace's method.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample,data,laplace}")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,evaluate,sample,report,data,laplace}"
+    )
     for subcommand in SUBCOMMANDS:
         subcommand.add_parser(subparsers)
     return parser

@@ -1,0 +1,147 @@
+"""One self-contained HTML page about a run: its settings, metrics, pictures and a live latent explorer.
+
+    page = build_report("runs/mnist")   # the HTML text; `vaelab report RUN` writes it to RUN/report.html
+
+- `explorer`: the decoder's weights and the latent plane, as data for the page's script;
+- `page`: the HTML from plain values (tables, figures as data URIs, the explorer's markup);
+- `assets`: the stylesheet and the explorer's JavaScript.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from vaelab.errors import VaelabError
+
+REPORT_NAME = "report.html"
+RUN_FILES = ("checkpoint.pt", "config.json")  # what makes a directory a vaelab run
+# The pictures in the order the page shows them; any other PNG follows, by name. loss.png sits with the metrics.
+FIGURE_ORDER = (
+    "samples.png",
+    "reconstructions.png",
+    "manifold.png",
+    "latent_scatter.png",
+    "interpolations.png",
+    "draws.png",
+    "training_strip.png",
+)
+CURVES_NAME = "loss.png"
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """`run_dir` as a Path if it holds a vaelab run (checkpoint.pt and config.json), else a VaelabError."""
+    path = Path(run_dir)
+    fix = "pass the directory that `vaelab train --out DIR` wrote"
+    if not path.exists():
+        raise VaelabError(f"no run directory {path}; {fix}")
+    if not path.is_dir():
+        raise VaelabError(f"{path} is not a directory; {fix}")
+    missing = [name for name in RUN_FILES if not (path / name).is_file()]
+    if missing:
+        raise VaelabError(f"{path} is not a vaelab run (no {' and no '.join(missing)}); {fix}")
+    return path
+
+
+def build_report(run_dir: str | Path) -> str:
+    """The report page of the run in `run_dir` as HTML text, with every picture and the decoder inside it."""
+    from vaelab import __version__
+    from vaelab.checkpoint import load_model
+    from vaelab.report.explorer import explorer_data
+    from vaelab.report.page import ReportContent, render
+
+    run_dir = check_run_dir(run_dir)
+    config_dict = _read_json(run_dir / "config.json")
+    model, config = load_model(run_dir)
+    metrics = _read_metrics(run_dir / "metrics.csv")
+    evaluation = _read_json(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else None
+    command = (run_dir / "command.txt").read_text() if (run_dir / "command.txt").is_file() else None
+    content = ReportContent(
+        run_name=run_dir.resolve().name,
+        run_dir=str(run_dir.resolve()),
+        summary=summary(config, metrics),
+        written_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        config=config_dict,
+        command=command,
+        metrics=metrics,
+        curves=_curves(run_dir, metrics),
+        evaluation=evaluation,
+        figures=_figures(run_dir),
+        explorer=explorer_data(model, config),
+    )
+    return render(content, __version__)
+
+
+def summary(config: Any, metrics: list[dict[str, str]]) -> str:
+    """One line: the model, the objective, the data and the last test -ELBO, from a TrainConfig and metrics rows."""
+    spec, objective = config.model, config.objective
+    layers = f"{spec.layers} stochastic layer{'s' if spec.layers > 1 else ''}"
+    latent = "+".join(str(d) for d in spec.latent_dims)
+    hidden = "+".join(str(h) for h in spec.hidden)
+    prior = "N(0, I) prior" if spec.prior == "normal" else f"VampPrior ({spec.pseudo_inputs} pseudo-inputs)"
+    likelihood = "Bernoulli" if spec.likelihood == "bernoulli" else f"Gaussian (std {spec.likelihood_std:g})"
+    extras = {"iwae": f", k = {objective.k}", "dreg": f", k = {objective.k}", "beta": f", beta = {objective.beta:g}"}
+    line = (
+        f"VAE, {layers}: latent {latent}, hidden {hidden} x {spec.depth} {spec.activation}, {prior}, {likelihood}; "
+        f"objective {objective.name}{extras.get(objective.name, '')}; {config.dataset}"
+    )
+    if metrics:
+        last = metrics[-1]
+        line += f"; {float(last.get('epoch', len(metrics))):g} epochs"
+        try:
+            line += f"; test -ELBO {float(last['test_loss']):.2f} nats per image"
+        except (KeyError, ValueError):
+            pass
+    return line
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VaelabError(f"cannot read {path} ({error}); restore it from the run or write it again") from None
+    if not isinstance(value, dict):
+        raise VaelabError(f"{path} is not a JSON object; restore it from the run or write it again")
+    return value
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows as written (columns vary across vaelab versions); [] when there is none yet."""
+    if not path.is_file():
+        return []
+    try:
+        return list(csv.DictReader(io.StringIO(path.read_text(), newline="")))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise VaelabError(f"cannot read {path} ({error}); restore it from the run") from None
+
+
+def _curves(run_dir: Path, metrics: list[dict[str, str]]) -> bytes | None:
+    """loss.png as `vaelab train` wrote it, else the same figure drawn from metrics.csv (an interrupted run)."""
+    if (run_dir / CURVES_NAME).is_file():
+        return (run_dir / CURVES_NAME).read_bytes()
+    try:
+        history = [{key: float(row[key]) for key in ("epoch", "train_loss", "test_loss", "test_kl")} for row in metrics]
+    except (KeyError, ValueError, TypeError):
+        return None
+    if not history:
+        return None
+    from vaelab.plots import loss_curves
+
+    buffer = io.BytesIO()
+    loss_curves(history).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _figures(run_dir: Path) -> list[tuple[str, bytes]]:
+    """Every PNG in the run directory but loss.png (shown with the metrics): vaelab's own first, then by name."""
+    names = {path.name for path in run_dir.glob("*.png") if path.is_file() and not path.name.startswith(".")}
+    names.discard(CURVES_NAME)
+    ordered = [name for name in FIGURE_ORDER if name in names] + sorted(names - set(FIGURE_ORDER))
+    return [(name, (run_dir / name).read_bytes()) for name in ordered]
+
+
+__all__ = ["REPORT_NAME", "build_report", "check_run_dir", "summary"]
