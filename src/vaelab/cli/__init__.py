@@ -3,6 +3,7 @@
     vaelab train    [--dataset mnist] [--epochs 10] ... [--out DIR] [--resume] [--config RUN/config.json]
     vaelab evaluate --checkpoint RUN [--k 1 10 100 1000 5000]
     vaelab sample   --checkpoint RUN [--n 64] --out FILE.png
+    vaelab plot     RUN [--out DIR] [--split test] [--size N] [--spherical] [--seed S]
     vaelab report   RUN [--out FILE.html]
     vaelab data     fetch|info
     vaelab laplace  factorial|integral ...
@@ -17,10 +18,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from vaelab.cli import data, evaluate, laplace, report, sample, train
+from vaelab.cli import data, evaluate, laplace, plot, report, sample, train
 from vaelab.errors import VaelabError
 
-SUBCOMMANDS = (train, evaluate, sample, report, data, laplace)
+SUBCOMMANDS = (train, evaluate, sample, plot, report, data, laplace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     subparsers = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,evaluate,sample,report,data,laplace}"
+        dest="command", required=True, metavar="{train,evaluate,sample,plot,report,data,laplace}"
     )
     for subcommand in SUBCOMMANDS:
         subcommand.add_parser(subparsers)

@@ -1,13 +1,16 @@
 """`vaelab train`: build the run's config from the options, train, write the run directory.
 
 The run directory holds config.json (the model spec, the objective spec and every setting;
-`--config RUN/config.json` replays it), command.txt, metrics.csv, checkpoint.pt and pictures.
+`--config RUN/config.json` replays it), command.txt, metrics.csv, checkpoint.pt, the pictures
+(those of `vaelab plot` among them), epoch_samples.npz (the same latent draws decoded after every
+epoch, kept across --resume) and, with --tensorboard, TensorBoard's event files in tensorboard/.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 import time
@@ -37,7 +40,16 @@ RUN_OUTPUTS = (
     "reconstructions.png",
     "loss.png",
     "eval.json",
+    "manifold.png",
+    "latent_scatter.png",
+    "interpolations.png",
+    "draws.png",
+    "training_strip.png",
+    "epoch_samples.npz",
 )
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_MISSING = '--tensorboard needs the tensorboard package: pip install "vaelab[tensorboard]"'
+SCATTER_SIZE = 2000  # test images encoded for the scatter and the principal plane at the end of a run
 # Settings a resumed run must keep (its data, its model and its objective are what the checkpoint holds).
 FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "seed", "binarize", "train_size", "test_size", "model", "objective")
 RUN_FIELDS = (
@@ -151,6 +163,11 @@ def add_parser(subparsers: Any) -> None:
     )
     run.add_argument("--overwrite", action="store_true", help="replace the outputs of an existing run in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines are still printed)")
+    run.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log each epoch's metrics and samples to RUN/tensorboard (metrics.csv stays the record)",
+    )
 
     spec = parser.add_argument_group("model (docs/models.md)")
     spec.add_argument(
@@ -338,6 +355,9 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     from vaelab.training import train
     from vaelab.training.guards import check_inputs
 
+    if args.tensorboard:
+        _require_tensorboard()
+
     # --- decide the run directory and config: rank 0 checks, every rank takes its answer -------
     def decide() -> tuple[str, dict[str, Any]]:
         run_dir, config, _ = _decide(args)
@@ -371,16 +391,22 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
         print(f"run:  {run_dir}   device: {device}   world size: {distributed.world_size}")
         print(f"{training_path(config.model, config.objective, runtime)}")
 
-    result = train(
-        config,
-        train_x,
-        test_x,
-        run_dir,
-        resume_state=resume_state,
-        distributed=distributed,
-        device=device,
-        progress=not args.no_progress,
-    )
+    recorder = _EpochRecorder(run_dir, config.seed, tensorboard=args.tensorboard) if distributed.is_main else None
+    try:
+        result = train(
+            config,
+            train_x,
+            test_x,
+            run_dir,
+            resume_state=resume_state,
+            distributed=distributed,
+            device=device,
+            progress=not args.no_progress,
+            on_epoch=recorder,
+        )
+    finally:
+        if recorder is not None:
+            recorder.close()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -392,13 +418,14 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
             f"{shlex.quote(str(run_dir))} --resume"
         )
         return 130
-    _write_pictures(result.model, result.history, test_x, run_dir, seed=config.seed)
+    test_labels = _first(dataset.test.labels, config.test_size)
+    written = _write_pictures(result.model, result.history, test_x, run_dir, config, labels=test_labels)
     last = result.history[-1]
     print(
         f"done: test -ELBO {last['test_loss']:.2f} nats/image (reconstruction {last['test_rec']:.2f} + KL "
         f"{last['test_kl']:.2f}) "
         f"after {int(last['epoch'])} epochs; wrote "
-        f"{run_dir}/{{metrics.csv,checkpoint.pt,samples.png,reconstructions.png,loss.png}}"
+        f"{run_dir}/{{metrics.csv,checkpoint.pt,{','.join(written)}}}"
     )
     return 0
 
@@ -430,16 +457,25 @@ def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise VaelabError(f"cannot write to {run_dir}: {error.strerror}; choose a writable --out") from None
     for name in existing:
         (run_dir / name).unlink()
+    if overwrite:  # the replaced run's TensorBoard events would mix with the new run's
+        for events in (run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
+            events.unlink()
 
 
-def _write_pictures(model: Any, history: list[dict[str, float]], test_x: Any, run_dir: Path, seed: int) -> None:
+def _write_pictures(
+    model: Any, history: list[dict[str, float]], test_x: Any, run_dir: Path, config: TrainConfig, labels: Any
+) -> list[str]:
+    """The finished run's pictures: samples, reconstructions and loss curves, then `vaelab plot`'s figures
+    from the first SCATTER_SIZE test images; returns the names written."""
     import torch
 
+    from vaelab import data
     from vaelab.models import reconstruct_means, sample_means
-    from vaelab.plots import image_grid, loss_curves, reconstruction_grid
+    from vaelab.plots import image_grid, loss_curves, reconstruction_grid, write_figures
+    from vaelab.visualize import EPOCH_SAMPLES_NAME, pictures, read_epoch_samples
 
     model = model.cpu().eval()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(config.seed)
     samples = sample_means(model, 64, generator).numpy()
     image_grid(samples, 8, title="decoder means for z ~ p(z)").savefig(run_dir / "samples.png")
     originals = test_x[:32].cpu()
@@ -447,3 +483,51 @@ def _write_pictures(model: Any, history: list[dict[str, float]], test_x: Any, ru
         run_dir / "reconstructions.png"
     )
     loss_curves(history).savefig(run_dir / "loss.png")
+    # The model's inputs as in training (a dynamic binarization drawn once, as the loop draws the test set).
+    x = data.binarize(test_x[:SCATTER_SIZE].cpu(), config.binarize, torch.Generator().manual_seed(config.seed + 1))
+    arrays = pictures(model, x, labels[:SCATTER_SIZE], seed=config.seed)
+    strip = read_epoch_samples(run_dir / EPOCH_SAMPLES_NAME)
+    figures = write_figures(arrays, run_dir, strip=strip, dataset=config.dataset)
+    return ["samples.png", "reconstructions.png", "loss.png", *(path.name for path in figures)]
+
+
+def _require_tensorboard() -> None:
+    """Fail before training, in one line, when --tensorboard cannot write (no tensorboard package)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (it imports the tensorboard package)
+    except ImportError:
+        raise VaelabError(TENSORBOARD_MISSING) from None
+
+
+class _EpochRecorder:
+    """The on_epoch hook (rank 0): decode the same STRIP_SAMPLES draws z ~ p(z) (a generator seeded with the
+    run's seed, never the global ones) and append them to RUN/epoch_samples.npz; with TensorBoard, also log
+    the epoch's metrics (every field of the row but the epoch) and that row of samples."""
+
+    def __init__(self, run_dir: Path, seed: int, tensorboard: bool = False) -> None:
+        self.run_dir, self.seed = run_dir, seed
+        self.writer: Any = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+
+    def __call__(self, row: dict[str, float], model: Any) -> None:
+        from vaelab.plots import tile
+        from vaelab.visualize import EPOCH_SAMPLES_NAME, STRIP_SAMPLES, append_epoch_samples, fixed_samples, to_uint8
+
+        epoch = int(row["epoch"])
+        images = to_uint8(fixed_samples(model, STRIP_SAMPLES, self.seed))  # (n, P)
+        append_epoch_samples(self.run_dir / EPOCH_SAMPLES_NAME, epoch, images)
+        if self.writer is not None:
+            for name, value in row.items():
+                if name != "epoch" and math.isfinite(value):  # NaN marks a measure the run does not take
+                    self.writer.add_scalar(name, value, epoch)
+            side = int(images.shape[1] ** 0.5)
+            strip = tile(images.reshape(-1, side, side).numpy() / 255, STRIP_SAMPLES, pad_value=0.5)
+            self.writer.add_image("samples", strip, epoch, dataformats="HW")
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
