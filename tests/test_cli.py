@@ -226,3 +226,45 @@ def test_layers_take_one_value_for_all_or_one_each(capsys):
     assert parse("--latent-dim", "100", "50", "--hidden", "200", "100").model.hidden == (200, 100)
     with pytest.raises(Exception, match="one value per stochastic layer"):
         parse("--layers", "2", "--latent-dim", "5", "4", "3")
+
+
+def test_a_preset_starts_the_run_and_options_override_it(tiny_idx_dir, tmp_path, capsys):
+    from vaelab.config import TrainConfig, load_json
+    from vaelab.presets import PRESETS
+
+    data_dir, out = tiny_idx_dir(n_train=48, n_test=8), tmp_path / "run"
+    argv = [
+        "train",
+        "--preset",
+        "burda-vae",
+        "--dataset",
+        "idx",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "3",
+        "--validation-size",
+        "16",
+        "--patience",
+        "1",
+        "--lr",
+        "1e-30",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    text = run_ok(argv, capsys)
+    config = load_json(TrainConfig, out / "config.json")
+    assert config.preset == "burda-vae" and config.model == PRESETS["burda-vae"].config.model
+    assert (config.epochs, config.validation_size, config.binarize) == (3, 16, "dynamic")
+    assert "stopped after epoch 2 of 3: no better validation -ELBO for 1 epochs; best.pt holds" in text
+    assert (out / "best.pt").is_file()
+    run_refused(["train", "--preset", "nope", "--out", str(tmp_path / "x")], capsys, "unknown --preset 'nope'")
+    run_refused(["train", "--preset", "burda-vae", "--out", str(out), "--resume"], capsys, "give one of them")
+    run_refused(
+        ["train", "--out", str(out), "--resume", "--epochs", "5", "--validation-size", "8"],
+        capsys,
+        "these options differ from it: --validation-size",
+    )

@@ -20,6 +20,7 @@ from typing import Any
 from vaelab.config import (
     ACTIVATION_NAMES,
     BINARIZE_MODES,
+    LR_SCHEDULES,
     DATASETS,
     LIKELIHOODS,
     OBJECTIVES,
@@ -51,7 +52,18 @@ TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_MISSING = '--tensorboard needs the tensorboard package: pip install "vaelab[tensorboard]"'
 SCATTER_SIZE = 2000  # test images encoded for the scatter and the principal plane at the end of a run
 # Settings a resumed run must keep (its data, its model and its objective are what the checkpoint holds).
-FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "seed", "binarize", "train_size", "test_size", "model", "objective")
+FIXED_ON_RESUME = (
+    "dataset",
+    "batch_size",
+    "lr",
+    "seed",
+    "binarize",
+    "train_size",
+    "test_size",
+    "validation_size",
+    "model",
+    "objective",
+)
 RUN_FIELDS = (
     "dataset",
     "data_dir",
@@ -68,6 +80,12 @@ RUN_FIELDS = (
     "detect_anomaly",
     "autograd",
     "checkpoint_every",
+    "compile",
+    "validation_size",
+    "patience",
+    "lr_schedule",
+    "lr_final",
+    "max_seconds",
 )
 MODEL_FIELDS = ("input_dim", "depth", "activation", "prior", "pseudo_inputs", "likelihood", "likelihood_std")
 OBJECTIVE_FIELDS = {"objective": "name", "k": "k", "beta": "beta", "warmup_epochs": "warmup_epochs"}
@@ -154,6 +172,48 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         default=None,
         help="also checkpoint every N steps inside an epoch; 0 = only at epoch ends (default: 0)",
+    )
+    run.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the objective where autograd trains the run: 1.1-1.4x per step after 4-20 s of "
+        "compiling, so for long runs (bench/README.md)",
+    )
+    run.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="start from a named configuration (docs/likelihood.md): pytorch-example, burda-vae, burda-iwae, "
+        "burda-two-layer, vampprior; the options given override its fields",
+    )
+    run.add_argument(
+        "--validation-size",
+        type=int,
+        default=None,
+        help="hold out the last N training images: validation -ELBO each epoch, best.pt kept beside the last "
+        "(default: 0)",
+    )
+    run.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after N epochs without a better validation -ELBO (default: 0, never)",
+    )
+    run.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=None,
+        help="constant, or cosine from --lr to --lr-final over --epochs",
+    )
+    run.add_argument(
+        "--lr-final", type=float, default=None, help="the cosine schedule's last learning rate (default: 0)"
+    )
+    run.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop after the epoch in which training time passes S seconds (default: 0, no limit)",
     )
     run.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<timestamp>)")
     run.add_argument(
@@ -304,14 +364,16 @@ def _decide(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]
     """The run directory, its config, and (with --resume) the checkpoint to continue."""
     from vaelab import checkpoint
     from vaelab.config import from_dict, load_json
+    from vaelab.presets import preset_config
 
     out = Path(args.out) if args.out else None
     if args.resume:
         if out is None:
             raise VaelabError("--resume needs --out DIR, the run to continue")
-        if args.config:
+        if args.config or args.preset:
             raise VaelabError(
-                "--config starts a new run from saved settings and --resume continues one; give one of them"
+                f"--{'config' if args.config else 'preset'} starts a new run from saved settings and --resume "
+                "continues one; give one of them"
             )
         saved = checkpoint.load(out)
         base = from_dict(TrainConfig, saved["config"])
@@ -337,7 +399,9 @@ def _decide(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]
                 "train on"
             )
         return out, config, saved
-    base = load_json(TrainConfig, args.config) if args.config else None
+    if args.config and args.preset:
+        raise VaelabError("--config and --preset both give a starting configuration; give one of them")
+    base = load_json(TrainConfig, args.config) if args.config else preset_config(args.preset) if args.preset else None
     config = train_config(args, base)
     run_dir = out or Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     _refuse_existing_run(run_dir, overwrite=args.overwrite)
@@ -421,6 +485,17 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     test_labels = _first(dataset.test.labels, config.test_size)
     written = _write_pictures(result.model, result.history, test_x, run_dir, config, labels=test_labels)
     last = result.history[-1]
+    if result.stopped in ("early", "budget"):
+        why = (
+            f"no better validation -ELBO for {config.patience} epochs"
+            if result.stopped == "early"
+            else (f"the --max-seconds {config.max_seconds:g} budget was spent")
+        )
+        print(
+            f"stopped after epoch {int(last['epoch'])} of {config.epochs}: {why}; best.pt holds the best on validation"
+            if config.validation_size
+            else f"stopped after epoch {int(last['epoch'])} of {config.epochs}: {why}"
+        )
     print(
         f"done: test -ELBO {last['test_loss']:.2f} nats/image (reconstruction {last['test_rec']:.2f} + KL "
         f"{last['test_kl']:.2f}) "
