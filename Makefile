@@ -28,6 +28,7 @@ $(BIN)/.installed: pyproject.toml
 run: setup
 	$(BIN)/vaelab train --out $(RUN) $(TRAIN_ARGS)
 	$(BIN)/vaelab evaluate --checkpoint $(RUN) $(EVAL_ARGS)
+	$(BIN)/vaelab report $(RUN)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -75,3 +75,25 @@ def wait_for(path: Path, process, timeout_s: float = 60.0) -> None:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"no {path} after {timeout_s} s"
         time.sleep(0.02)
+
+
+def run_ok(argv, capsys) -> str:
+    """`vaelab ARGV` in this process: exit status 0, its standard output returned."""
+    from vaelab.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def run_refused(argv, capsys, match: str) -> str:
+    """`vaelab ARGV` refused: exit status 2 and one line on standard error that contains `match`."""
+    from vaelab.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], captured.err
+    return lines[0]

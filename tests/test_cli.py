@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from vaelab.cli import main
+
+from conftest import run_ok, run_refused
 from vaelab.config import ModelSpec
 from vaelab.evaluation import negative_elbo
 from vaelab.models import VAE
@@ -25,22 +26,6 @@ TINY = [
     "2",
     "--no-progress",
 ]
-
-
-def run_ok(argv, capsys):
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return captured.out
-
-
-def run_refused(argv, capsys, match):
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and match in lines[0], captured.err
-    return lines[0]
 
 
 def test_train_writes_every_output_and_sample_reads_the_run(tiny_idx_dir, tmp_path, capsys):

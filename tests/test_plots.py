@@ -10,7 +10,8 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from vaelab.cli import main
+
+from conftest import run_ok, run_refused
 from vaelab.config import ModelSpec
 from vaelab.models import build_model
 from vaelab.visualize import (
@@ -38,22 +39,6 @@ TINY = ["--dataset", "idx", "--hidden", "16", "--batch-size", "8", "--no-progres
 def tiny_model(latent_dims=(2,), seed=0, **spec):
     torch.manual_seed(seed)
     return build_model(ModelSpec(hidden=(16,) * len(latent_dims), latent_dims=latent_dims, **spec)).eval()
-
-
-def run_ok(argv, capsys):
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return captured.out
-
-
-def run_refused(argv, capsys, match):
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and match in lines[0], captured.err
-    return lines[0]
 
 
 # --- the arrays ----------------------------------------------------------------------------------------
