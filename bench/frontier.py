@@ -21,11 +21,13 @@ import argparse
 import csv
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
 
 from vaelab import data
 from vaelab.checkpoint import load_model
@@ -86,7 +88,7 @@ def run_preset(name: str, options: argparse.Namespace, train_x: torch.Tensor, te
     model, _ = load_model(best)
     final_x = test_x[: options.final_images]
     started = time.perf_counter()
-    final = importance_weighted_evaluation(model, final_x, [1, options.final_k], seed=0, progress=True)
+    final = importance_weighted_evaluation(model, final_x, [1, options.final_k], seed=0, progress=sys.stderr.isatty())
     active, _ = active_units(model, final_x)
     trained = sum(r["seconds"] for r in result.history)
     rows.append(
@@ -124,14 +126,9 @@ def figure(rows: list[dict], title: str) -> Figure:
         paper = PRESETS[name].paper_nll
         if paper is not None:
             axes.axhline(paper, color=color, linestyle="--", linewidth=1)
-            axes.annotate(
-                f"{name} paper: {paper}",
-                (axes.get_xlim()[0], paper),
-                color=color,
-                fontsize=8,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
+            # x in axes fractions, y in data: the label sits at the left edge whatever the time axis spans
+            where = blended_transform_factory(axes.transAxes, axes.transData)
+            axes.text(0.01, paper, f"{name}, paper: {paper}", transform=where, color=color, fontsize=8, va="bottom")
     axes.set_xscale("log")
     axes.set_xlabel("training seconds (this machine)")
     axes.set_ylabel("test NLL, nats per image")
