@@ -158,7 +158,7 @@ def test_resume_carries_the_validation_record(tmp_path):
         progress=False,
     )
     assert [row["valid_loss"] for row in straight.history] == [row["valid_loss"] for row in resumed.history]
-    assert checkpoint.load(tmp_path / "a")["best_valid"] == checkpoint.load(tmp_path / "b")["best_valid"]
+    assert checkpoint.load(tmp_path / "a" / "best.pt")["epoch"] == checkpoint.load(tmp_path / "b" / "best.pt")["epoch"]
 
 
 def test_a_time_budget_stops_after_the_epoch_that_spends_it():
@@ -177,3 +177,12 @@ def test_every_preset_is_a_valid_config_with_its_name_recorded():
     assert preset_config("pytorch-example") == TrainConfig(preset="pytorch-example")
     with pytest.raises(VaelabError, match="unknown --preset 'nope'; choose one of pytorch-example"):
         preset_config("nope")
+
+
+def test_epochs_since_best_reads_the_history():
+    from vaelab.training.state import epochs_since_best
+
+    rows = [{"valid_loss": v} for v in (5.0, 3.0, 4.0, 3.0, 6.0)]
+    assert epochs_since_best(rows) == 3  # the first of two equal minima counts
+    assert epochs_since_best(rows[:2]) == 0
+    assert epochs_since_best([{"valid_loss": math.nan}, {}]) == 2  # no validation: never a best

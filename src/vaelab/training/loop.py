@@ -31,7 +31,7 @@ from vaelab.models.base import LatentVariableModel
 from vaelab.objectives import ObjectiveModule, kl_weight_at
 from vaelab.training.guards import FiniteCheck, StopRequest, check_inputs
 from vaelab.training.metrics import METRICS_NAME, write_metrics
-from vaelab.training.state import TrainState, learning_rate_at
+from vaelab.training.state import TrainState, epochs_since_best, learning_rate_at
 
 # How often the host reads the loss to check that it is finite. On the CPU a read costs nothing,
 # so every step, before the update; on an accelerator a read waits for the device's queue to
@@ -198,11 +198,8 @@ def train(
             state.history.append(row)
             state.running.zero_()
             state.epoch, state.step, state.epoch_seconds = epoch, 0, 0.0
-            improved = valid_loss < state.best_valid
-            if improved:
-                state.best_valid, state.epochs_since_best = valid_loss, 0
-            elif len(valid_x):
-                state.epochs_since_best += 1
+            since_best = epochs_since_best(state.history)
+            improved = since_best == 0
             if distributed.is_main and run_dir is not None:
                 _save(state, config, distributed, checkpoint_path)
                 if improved:  # the best-on-validation model, kept beside the last
@@ -222,7 +219,7 @@ def train(
             if config.max_seconds and trained_seconds >= config.max_seconds and epoch < config.epochs:
                 result.stopped = "budget"
                 return result
-            if config.patience and state.epochs_since_best >= config.patience and epoch < config.epochs:
+            if config.patience and since_best >= config.patience and epoch < config.epochs:
                 if distributed.is_main:
                     tqdm.write(
                         f"early stop: no better validation -ELBO for {config.patience} epochs; best.pt holds the best"

@@ -49,8 +49,6 @@ class TrainState:
     running: torch.Tensor = field(default_factory=lambda: torch.zeros(len(RUNNING_TERMS), dtype=torch.float64))
     epoch_seconds: float = 0.0  # seconds spent in the current epoch before the last checkpoint
     history: list[dict[str, float]] = field(default_factory=list)
-    best_valid: float = math.inf  # the lowest validation -ELBO so far (with --validation-size)
-    epochs_since_best: int = 0
 
     @classmethod
     def start(cls, config: TrainConfig, device: torch.device) -> TrainState:
@@ -84,8 +82,6 @@ class TrainState:
         # A mid-epoch checkpoint holds the sums of all ranks; rank 0 carries them on.
         state.running = saved["running"].to(device) * float(distributed.is_main)
         state.epoch_seconds = float(saved["epoch_seconds"])
-        state.best_valid = float(saved.get("best_valid", math.inf))
-        state.epochs_since_best = int(saved.get("epochs_since_best", 0))
         return state
 
     def begin_epoch(self, n_train: int) -> torch.Tensor:
@@ -113,8 +109,6 @@ class TrainState:
             "epoch_seconds": self.epoch_seconds,
             "rng": checkpoint.capture_rng_state(),
             "history": self.history,
-            "best_valid": self.best_valid,
-            "epochs_since_best": self.epochs_since_best,
         }
 
 
@@ -124,3 +118,17 @@ def learning_rate_at(config: TrainConfig, progress_epochs: float) -> float:
         return config.lr
     fraction = min(1.0, progress_epochs / config.epochs)
     return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+
+def epochs_since_best(history: list[dict[str, float]]) -> int:
+    """Epochs since the lowest validation -ELBO in the history (0: the last epoch is the best so far).
+
+    Read from the history itself, so a resumed run knows it without any state of its own; rows
+    without a validation -ELBO (nan) never count as best.
+    """
+    losses = [row.get("valid_loss", math.nan) for row in history]
+    finite = [index for index, loss in enumerate(losses) if math.isfinite(loss)]
+    if not finite:
+        return len(history)
+    best = min(finite, key=lambda index: losses[index])  # the first of equal minima
+    return len(history) - 1 - best
