@@ -82,3 +82,41 @@ def test_quick_run_prints_every_row():
         "eval: IWAE-",
     ):
         assert row in completed.stdout, f"{row!r} missing from:\n{completed.stdout}"
+
+
+@pytest.mark.slow
+def test_the_frontier_writes_its_curve_its_final_estimate_and_its_figure(tmp_path):
+    """A tiny frontier run on real MNIST: a curve point, a final -L_k from best.pt, the CSV and the PNG."""
+    import csv
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "frontier.py"
+    argv = [
+        sys.executable,
+        str(script),
+        "--presets",
+        "burda-vae",
+        "--budget-minutes",
+        "0.001",
+        "--epochs",
+        "2",
+        "--curve-images",
+        "50",
+        "--final-k",
+        "20",
+        "--final-images",
+        "200",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "frontier.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    kinds = [row["kind"] for row in rows]
+    assert kinds == ["curve", "final"]  # the budget is spent in epoch 1: one curve point, then the final estimate
+    final = rows[-1]
+    assert 50 < float(final["nll"]) < 300 and float(final["stderr"]) > 0 and int(final["parameters"]) == 425_284
+    assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| burda-vae | 425,284 |" in done.stdout
