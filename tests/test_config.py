@@ -42,6 +42,7 @@ def test_unknown_keys_are_refused_by_name():
         ({"lr": float("nan")}, "--lr"),
         ({"binarize": "yes"}, "--binarize"),
         ({"dataset": "cifar"}, "--dataset"),
+        ({"denormals": "fast"}, "--denormals must be one of flush, keep"),
     ],
 )
 def test_out_of_range_values_name_the_option(changes, message):

@@ -1,10 +1,12 @@
 """The model family's shapes and building blocks, and the PyTorch example's sizes and initialisation."""
 
+import pytest
 import torch
 
 from vaelab.config import ModelSpec
 from vaelab.models import VAE, TwoLayerVAE, build_model, parameter_count, reconstruct_means, sample_means
 from vaelab.models.base import DiagonalGaussian
+from vaelab.nn import denormals_flushed
 
 
 def test_the_default_is_the_pytorch_example_s_sizes_and_parameter_count():
@@ -92,3 +94,16 @@ def test_the_posterior_is_deterministic_given_the_noise():
     model = build_model(ModelSpec(input_dim=12, hidden=6, latent_dims=(3, 2)))
     x, eps = torch.rand(3, 12), torch.randn(3, 5)
     assert torch.equal(model.posterior(x).rsample(eps), model.posterior(x).rsample(eps))
+
+
+def test_denormals_are_flushed_inside_the_block_only():
+    subnormal = torch.tensor([3e-39], dtype=torch.float32)  # below float32's smallest normal, 1.18e-38
+    assert (subnormal * 0.5).item() > 0
+    with denormals_flushed(False) as active:
+        assert not active and (subnormal * 0.5).item() > 0
+    with denormals_flushed() as active:
+        if not active:
+            pytest.skip("this CPU cannot flush subnormal floats")
+        assert (subnormal * 0.5).item() == 0.0
+        assert (torch.tensor([1e-30]) * 0.5).item() == pytest.approx(5e-31)  # normal numbers untouched
+    assert (subnormal * 0.5).item() > 0  # switched off again on exit

@@ -22,6 +22,7 @@ USER_DATASET = "idx"  # a user's own IDX files in MNIST's layout, checked for st
 DATASETS = (*VERIFIED_DATASETS, USER_DATASET)
 BINARIZE_MODES = ("none", "dynamic", "threshold")
 PRECISIONS = ("fp32", "bf16")
+DENORMALS = ("flush", "keep")
 PRIORS = ("normal", "vamp")
 LIKELIHOODS = ("bernoulli", "gaussian")
 ACTIVATION_NAMES = ("relu", "tanh", "elu", "softplus", "gelu")
@@ -152,6 +153,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # 0 = torch's default (one per core)
     precision: str = "fp32"
+    denormals: str = "flush"  # CPU: flush subnormal floats to zero (2-3x faster steps once weights settle) or keep
     detect_anomaly: bool = False
     autograd: bool = False  # gradients by autograd even where a kernel serves the run (vaelab.kernels)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = once per epoch
@@ -177,6 +179,9 @@ class TrainConfig:
         _require(self.threads >= 0, f"--threads must be >= 0 (got {self.threads})")
         _require(
             self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"
+        )
+        _require(
+            self.denormals in DENORMALS, f"--denormals must be one of {', '.join(DENORMALS)} (got {self.denormals!r})"
         )
         _require(self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {self.checkpoint_every})")
         _require(self.validation_size >= 0, f"--validation-size must be >= 0 (got {self.validation_size})")

@@ -28,6 +28,7 @@ from vaelab.distributed import Distributed, agree, all_reduce_sum, pick_device, 
 from vaelab.evaluation.units import negative_elbo
 from vaelab.kernels import Runtime, training_kernel
 from vaelab.models.base import LatentVariableModel
+from vaelab.nn import denormals_flushed
 from vaelab.objectives import ObjectiveModule, kl_weight_at
 from vaelab.training.guards import FiniteCheck, StopRequest, check_inputs
 from vaelab.training.metrics import METRICS_NAME, write_metrics
@@ -110,7 +111,7 @@ def train(
     read_every = LOSS_READ_EVERY.get(device.type, LOSS_READ_EVERY_ELSEWHERE)
     result = TrainResult(model=model, history=state.history, checkpoint_path=checkpoint_path)
 
-    with StopRequest() as stop, anomaly:
+    with StopRequest() as stop, anomaly, denormals_flushed(config.denormals == "flush"):
         for epoch in range(state.epoch + 1, config.epochs + 1):
             permutation = state.begin_epoch(n_train)
             model.train()
