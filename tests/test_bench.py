@@ -120,3 +120,20 @@ def test_the_frontier_writes_its_curve_its_final_estimate_and_its_figure(tmp_pat
     assert 50 < float(final["nll"]) < 300 and float(final["stderr"]) > 0 and int(final["parameters"]) == 425_284
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert "| burda-vae | 425,284 |" in done.stdout
+    # --replot trains nothing and writes the same CSV and table back (the round trip the README's figure takes)
+    replot = [sys.executable, str(script), "--replot", str(tmp_path / "frontier.csv"), "--out", str(tmp_path / "re")]
+    again = subprocess.run(replot, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "re" / "frontier.csv").read_text() == (tmp_path / "frontier.csv").read_text()
+    table = [line for line in done.stdout.splitlines() if line.startswith("| burda-vae")]
+    assert table and table == [line for line in again.stdout.splitlines() if line.startswith("| burda-vae")]
+
+
+def test_the_denormals_benchmark_counts_only_subnormal_float32_entries():
+    spec = importlib.util.spec_from_file_location("denormals_bench", BENCH.parent / "denormals.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = torch.finfo(torch.float32).tiny  # the smallest normal float32
+    values = torch.tensor([0.0, tiny, tiny / 2, -tiny / 4, 1e-45, 1.0, -3.0])
+    assert module.subnormal_count([values]) == (3, 7)  # tiny/2, -tiny/4 and 1e-45 (the smallest subnormal)
+    assert module.subnormal_count([values.double() / 1e10]) == (0, 0)  # only float32 tensors are counted
