@@ -32,7 +32,6 @@ from vaelab import data
 from vaelab.checkpoint import load_model
 from vaelab.evaluation import active_units, importance_weighted_evaluation
 from vaelab.models import parameter_count
-from vaelab.nn import denormals_flushed
 from vaelab.presets import PRESETS, preset_config
 from vaelab.training import train
 
@@ -88,11 +87,8 @@ def run_preset(name: str, options: argparse.Namespace, train_x: torch.Tensor, te
     model, _ = load_model(best)
     final_x = test_x[: options.final_images]
     started = time.perf_counter()
-    with denormals_flushed():  # as training does: subnormal floats slow a CPU (bench/denormals.py)
-        final = importance_weighted_evaluation(
-            model, final_x, [1, options.final_k], seed=0, progress=sys.stderr.isatty()
-        )
-        active, _ = active_units(model, final_x)
+    final = importance_weighted_evaluation(model, final_x, [1, options.final_k], seed=0, progress=sys.stderr.isatty())
+    active, _ = active_units(model, final_x)
     trained = sum(r["seconds"] for r in result.history)
     rows.append(
         {

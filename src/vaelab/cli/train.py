@@ -32,6 +32,7 @@ from vaelab.config import (
     TrainConfig,
 )
 from vaelab.errors import VaelabError
+from vaelab.presets import PRESETS
 
 RUN_OUTPUTS = (
     "config.json",
@@ -193,8 +194,8 @@ def add_parser(subparsers: Any) -> None:
         "--preset",
         default=None,
         metavar="NAME",
-        help="start from a named configuration (docs/likelihood.md): pytorch-example, burda-vae, burda-iwae, "
-        "burda-two-layer, vampprior; the options given override its fields",
+        help=f"start from a named configuration (docs/likelihood.md): {', '.join(PRESETS)}; the options given "
+        "override its fields",
     )
     run.add_argument(
         "--validation-size",
