@@ -122,6 +122,17 @@ PRESETS = {
     )
 }
 
+# `best`: the candidate that measured the lowest test NLL after 2 hours of training on one thread
+# of this project's 2-core CPU (docs/likelihood.md, "The frontier"), with that budget built in.
+BEST_OF = "vampprior-two-layer"
+BEST_BUDGET_S = 116 * 60
+PRESETS["best"] = Preset(
+    "best",
+    dataclasses.replace(PRESETS[BEST_OF].config, max_seconds=BEST_BUDGET_S),
+    f"the best measured on a 2-core CPU: {BEST_OF} with a {BEST_BUDGET_S // 60}-minute training budget",
+    None,
+)
+
 
 def preset_config(name: str) -> TrainConfig:
     """The TrainConfig of preset `name`; an unknown name is an error listing the known ones."""
