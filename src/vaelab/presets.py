@@ -124,7 +124,7 @@ PRESETS = {
 
 # `best`: the candidate that measured the lowest test NLL after 2 hours of training on one thread
 # of this project's 2-core CPU (docs/likelihood.md, "The frontier"), with that budget built in.
-BEST_OF = "vampprior-dreg"
+BEST_OF = "vampprior-two-layer"
 BEST_BUDGET_S = 116 * 60
 PRESETS["best"] = Preset(
     "best",
