@@ -65,10 +65,11 @@ def denormals_flushed(enabled: bool = True) -> Iterator[bool]:
     """Within the block, CPU arithmetic flushes subnormal floats (|x| < 1.2e-38 in float32) to zero.
 
     Trained VAEs drift into subnormal values (tiny gradients, Adam moments, saturated units), and
-    x86 CPUs handle those in microcode: a VampPrior step measured 86 ms with them and 28 ms without
-    (bench/denormals.py). Flushing changes results only below float32's normal range. The setting
-    is process-wide and torch cannot read it back, so the block switches it off again on exit if it
-    switched it on. Yields whether flushing is in effect (False where the CPU cannot flush).
+    x86 CPUs handle those in microcode: a trained VampPrior DReG forward and backward measured 86 ms
+    with them and 28 ms without, on a loaded machine (bench/denormals.py, bench/README.md).
+    Flushing changes results only below float32's normal range. The setting is process-wide and
+    torch cannot read it back, so the block switches it off again on exit if it switched it on.
+    Yields whether flushing is in effect (False where the CPU cannot flush).
     """
     active = bool(enabled) and torch.set_flush_denormal(True)
     try:

@@ -21,6 +21,9 @@ PROTOCOL = {"binarize": "dynamic", "validation_size": 10_000}
 # Burda et al.'s networks: 784-200-200-50 with tanh units; two stochastic layers 784-(200-200)-100-(100-100)-50.
 BURDA_ONE_LAYER = ModelSpec(latent_dims=(50,), hidden=(200,), depth=2, activation="tanh")
 BURDA_TWO_LAYERS = ModelSpec(latent_dims=(100, 50), hidden=(200, 100), depth=2, activation="tanh")
+# Tomczak & Welling's VampPrior model (784-300-300-40, K = 500 pseudo-inputs) and its training settings.
+VAMP_ONE_LAYER = ModelSpec(latent_dims=(40,), hidden=(300,), depth=2, prior="vamp", pseudo_inputs=500)
+VAMP_TRAINING = {"batch_size": 100, "lr": 5e-4, "patience": 50, **PROTOCOL}
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,7 @@ PRESETS = {
         ),
         Preset(
             "vampprior",
-            TrainConfig(
-                model=ModelSpec(latent_dims=(40,), hidden=(300,), depth=2, prior="vamp", pseudo_inputs=500),
-                objective=ObjectiveSpec(warmup_epochs=100),
-                epochs=2000,
-                batch_size=100,
-                lr=5e-4,
-                patience=50,
-                **PROTOCOL,
-            ),
+            TrainConfig(model=VAMP_ONE_LAYER, objective=ObjectiveSpec(warmup_epochs=100), epochs=2000, **VAMP_TRAINING),
             "Tomczak & Welling 2018, table 2: VampPrior, one stochastic layer, 784-300-300-40 MLP (theirs gated, "
             "ReLU here), KL warm-up 100 epochs, early stopping after 50",
             85.57,
@@ -90,14 +85,11 @@ PRESETS = {
         Preset(
             "vampprior-dreg",
             TrainConfig(
-                model=ModelSpec(latent_dims=(40,), hidden=(300,), depth=2, prior="vamp", pseudo_inputs=500),
+                model=VAMP_ONE_LAYER,
                 objective=ObjectiveSpec(name="dreg", k=5),
                 epochs=470,
-                batch_size=100,
-                lr=5e-4,
                 lr_schedule="cosine",
-                patience=50,
-                **PROTOCOL,
+                **VAMP_TRAINING,
             ),
             "the vampprior preset trained on the IWAE bound, k = 5, with doubly reparameterized gradients "
             "(Tucker et al. 2018) and a cosine learning rate over 470 epochs (about 2 hours on one thread here)",
@@ -106,14 +98,11 @@ PRESETS = {
         Preset(
             "vampprior-two-layer",
             TrainConfig(
-                model=ModelSpec(latent_dims=(40, 40), hidden=(300, 300), depth=2, prior="vamp", pseudo_inputs=500),
+                model=dataclasses.replace(VAMP_ONE_LAYER, latent_dims=(40, 40), hidden=(300, 300)),
                 objective=ObjectiveSpec(warmup_epochs=100),
                 epochs=680,
-                batch_size=100,
-                lr=5e-4,
                 lr_schedule="cosine",
-                patience=50,
-                **PROTOCOL,
+                **VAMP_TRAINING,
             ),
             "Tomczak & Welling 2018, table 2: HVAE + VampPrior, two stochastic layers of 40 (theirs with skip "
             "connections, Burda's ladder here), KL warm-up 100 epochs, cosine learning rate over 680 epochs",
