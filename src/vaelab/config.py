@@ -18,13 +18,16 @@ from vaelab.errors import VaelabError
 from vaelab.io import atomic_write
 
 VERIFIED_DATASETS = ("mnist", "fashion-mnist")  # pinned digests; fetched into the cache
-USER_DATASET = "idx"  # a user's own IDX files in MNIST's layout, checked for structure only
-DATASETS = (*VERIFIED_DATASETS, USER_DATASET)
+USER_DATASET = "idx"  # a user's own IDX files (any image size), checked for structure only
+IMAGE_DATASETS = ("folder", "array")  # a folder of PNG/JPEG files, or a .npy/.npz of uint8 images
+DATASETS = (*VERIFIED_DATASETS, USER_DATASET, *IMAGE_DATASETS)
 BINARIZE_MODES = ("none", "dynamic", "threshold")
 PRECISIONS = ("fp32", "bf16")
 DENORMALS = ("flush", "keep")
 PRIORS = ("normal", "vamp")
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "logistic", "logistic-mixture")
+DISCRETE_LIKELIHOODS = ("logistic", "logistic-mixture")  # 8-bit pixels: a pmf over 256 levels, bits/dim
+NETWORKS = ("mlp", "conv", "resnet")
 ACTIVATION_NAMES = ("relu", "tanh", "elu", "softplus", "gelu")
 OBJECTIVES = ("elbo", "beta", "iwae", "dreg")
 MAX_LAYERS = 2
@@ -44,21 +47,37 @@ class ModelSpec:
     """
 
     input_dim: int = 784
+    image_shape: tuple[int, ...] = ()  # (C, H, W); () = a flat vector (an MLP), pictured as a square if it is one
+    network: str = "mlp"  # the encoder and decoder next to x: mlp, conv (strided convolutions) or resnet
+    channels: int = 32  # conv and resnet: channels at full resolution, doubled at each halving
     latent_dims: tuple[int, ...] = (20,)
     hidden: tuple[int, ...] = (400,)
     depth: int = 1
     activation: str = "relu"
     prior: str = "normal"  # p(z) (the top layer's with two): N(0, I), or "vamp" (Tomczak & Welling 2018)
     pseudo_inputs: int = 500  # the VampPrior's K learned pseudo-inputs
-    likelihood: str = "bernoulli"  # or "gaussian": N(x; decoder(z), likelihood_std² I)
+    likelihood: str = "bernoulli"  # or "gaussian": N(x; decoder(z), likelihood_std² I), or 8-bit "logistic"/"-mixture"
     likelihood_std: float = 1.0
+    mixture_components: int = 10  # logistic-mixture: K logistics per pixel (PixelCNN++)
 
     def __post_init__(self) -> None:
         # A single number is accepted where a tuple is expected: ModelSpec(hidden=400, latent_dims=20).
-        for name in ("latent_dims", "hidden"):
+        for name in ("latent_dims", "hidden", "image_shape"):
             value = getattr(self, name)
             object.__setattr__(
                 self, name, (int(value),) if isinstance(value, (int, float)) else tuple(int(v) for v in value)
+            )
+        if self.image_shape:
+            _require(
+                len(self.image_shape) == 3 and all(n >= 1 for n in self.image_shape),
+                f"image_shape is (channels, height, width) (got {list(self.image_shape)})",
+            )
+            pixels = math.prod(self.image_shape)
+            if self.input_dim == 784 and pixels != 784:  # input_dim follows the image when left at its default
+                object.__setattr__(self, "input_dim", pixels)
+            _require(
+                self.input_dim == pixels,
+                f"input_dim {self.input_dim} differs from image_shape {list(self.image_shape)} ({pixels} values)",
             )
         if len(self.hidden) == 1 and len(self.latent_dims) > 1:  # one width serves every layer
             object.__setattr__(self, "hidden", self.hidden * len(self.latent_dims))
@@ -88,6 +107,22 @@ class ModelSpec:
             math.isfinite(self.likelihood_std) and self.likelihood_std > 0,
             f"likelihood_std must be > 0 (got {self.likelihood_std})",
         )
+        _require(self.network in NETWORKS, f"--network must be one of {', '.join(NETWORKS)} (got {self.network!r})")
+        _require(
+            self.network == "mlp" or self.shape is not None,
+            f"--network {self.network} needs an image shape: input_dim {self.input_dim} is not a square grey image; "
+            "give image_shape (C, H, W)",
+        )
+        _require(self.channels >= 1, f"--channels must be >= 1 (got {self.channels})")
+        _require(self.mixture_components >= 1, f"--mixture-components must be >= 1 (got {self.mixture_components})")
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        """The image (C, H, W) behind the flat input: image_shape, else (1, s, s) when input_dim = s², else None."""
+        if self.image_shape:
+            return tuple(self.image_shape)  # type: ignore[return-value]
+        side = math.isqrt(self.input_dim)
+        return (1, side, side) if side * side == self.input_dim else None
 
     @property
     def layers(self) -> int:
@@ -164,10 +199,19 @@ class TrainConfig:
     lr_final: float = 0.0
     max_seconds: float = 0.0  # stop after the epoch in which training time passes this; 0 = no limit
     preset: str = ""  # the --preset the run started from (vaelab.presets), recorded for the reader
+    image_size: int = 0  # folder/array/idx: resize the shorter side to S and centre-crop to S x S; 0 = as stored
+    test_fraction: float = 0.0  # without the user's own train/ and test/: hold out this seeded fraction as test
+    data_digest: str = ""  # SHA-256 of the uint8 cache the run trained on (recorded by vaelab train)
+    source_digest: str = ""  # SHA-256 over the source files it was converted from
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
         _require(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
+        _require(self.image_size >= 0, f"--image-size must be >= 0 (got {self.image_size})")
+        _require(
+            math.isfinite(self.test_fraction) and 0 <= self.test_fraction < 1,
+            f"--test-fraction must be in [0, 1) (got {self.test_fraction})",
+        )
         _require(self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
         _require(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr})")
         _require(

@@ -1,10 +1,19 @@
-"""Building blocks, configured rather than subclassed: MLP trunks and the heads on top of them.
+"""Building blocks, configured rather than subclassed: MLP and convolutional trunks, and their heads.
 
 An `MLP` is `depth` hidden layers of `width` units with one activation, then a linear head;
 a `GaussianMLP` reads the head's 2·D outputs as (mu, log σ²). Layers are created in the order
 they are applied, with PyTorch's default initialisation, so a model built from these blocks
 draws its initial weights from the global generator exactly as the hand-written modules they
 replace did (the PyTorch VAE example's `fc1`..`fc4`).
+
+`ConvEncoder` and `ConvDecoder` are the convolutional networks next to the image: strided 3x3
+convolutions halve the resolution (channels doubling) until the shorter side is at most 8, and the
+decoder mirrors them with nearest-neighbour upsampling to the encoder's exact sizes, so any H x W
+works. With `residual=True` every level also holds `depth` residual cells
+h + conv(act(conv(act(h)))) (the ResNet blocks of Kingma et al. 2016's IAF VAE and NVAE, without
+normalisation layers, whose batch statistics would tie an image's likelihood to its batch). Both
+take and give flat vectors (..., P) in (C, H, W) order, so everything above them sees the MLP's
+interface.
 """
 
 from __future__ import annotations
@@ -37,22 +46,155 @@ class MLP(nn.Module):
         return self.head(self.trunk(x))
 
 
-class GaussianMLP(nn.Module):
-    """x (..., in_dim) -> mu, logvar (..., out_dim): the parameters of N(mu, diag exp(logvar)).
+class GaussianNet(nn.Module):
+    """x (..., in_dim) -> mu, logvar (..., out_dim): the parameters of N(mu, diag exp(logvar)) from `net`.
 
-    mu and logvar come from one linear head of 2·out_dim outputs (one matrix product instead of
+    mu and logvar come from one head of 2·out_dim outputs (one matrix product instead of
     two; same fan-in, so the same initial distribution as two separate heads). Under autocast
     they come back in float32, the type the log-densities and the KL are computed in.
     """
 
-    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, activation: str = "relu") -> None:
+    def __init__(self, net: nn.Module, out_dim: int) -> None:
         super().__init__()
-        self.net = MLP(in_dim, width, depth, 2 * out_dim, activation)
+        self.net = net
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = full_precision(self.net(x)).chunk(2, dim=-1)
         return mu, logvar
+
+
+class GaussianMLP(GaussianNet):
+    """A GaussianNet whose net is an MLP in_dim -> width x depth -> 2·out_dim."""
+
+    def __init__(self, in_dim: int, width: int, depth: int, out_dim: int, activation: str = "relu") -> None:
+        super().__init__(MLP(in_dim, width, depth, 2 * out_dim, activation), out_dim)
+
+
+MAX_SIDE_AFTER_HALVING = 8  # halve the resolution while the shorter side is larger than this
+MAX_HALVINGS = 4
+
+
+def resolutions(height: int, width: int) -> list[tuple[int, int]]:
+    """The (H, W) of each level, full resolution first: halved (rounding up) while min(H, W) > 8, at most 4 times."""
+    sizes = [(height, width)]
+    while min(sizes[-1]) > MAX_SIDE_AFTER_HALVING and len(sizes) <= MAX_HALVINGS:
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+class ResidualCell(nn.Module):
+    """h (B, c, H, W) -> h + conv3x3(act(conv3x3(act(h)))); the second convolution starts at zero, so each
+    cell starts as the identity and a deep stack trains from the first step (as Fixup and NVAE initialise)."""
+
+    def __init__(self, channels: int, activation: str) -> None:
+        super().__init__()
+        self.act1 = ACTIVATIONS[activation]()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act2 = ACTIVATIONS[activation]()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.conv2(self.act2(self.conv1(self.act1(h))))
+
+
+def _cells(channels: int, depth: int, activation: str, residual: bool) -> list[nn.Module]:
+    """`depth` blocks at one resolution: residual cells, or plain [conv3x3, activation] layers."""
+    if residual:
+        return [ResidualCell(channels, activation) for _ in range(depth)]
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), ACTIVATIONS[activation]()]
+    return layers
+
+
+def _level_channels(channels: int, levels: int) -> list[int]:
+    """Channels at each level: doubled at every halving, at most 8x the first."""
+    return [channels * min(2**level, 8) for level in range(levels)]
+
+
+class ConvEncoder(nn.Module):
+    """x (..., C·H·W) -> per halving: [strided conv3x3, activation, blocks] -> flatten -> Linear -> (..., out_dim).
+
+    Nothing runs at full resolution but the first convolution: on a CPU the full-resolution layers
+    would cost more than all the others together.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        channels: int,
+        depth: int,
+        out_dim: int,
+        activation: str = "relu",
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        sizes = resolutions(shape[1], shape[2])
+        halvings = len(sizes) - 1
+        widths = _level_channels(channels, max(halvings, 1))
+        layers: list[nn.Module] = []
+        previous = shape[0]
+        for level, width in enumerate(widths):
+            stride = 2 if level < halvings else 1  # an image already small is not halved at all
+            layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1), ACTIVATIONS[activation]()]
+            layers += _cells(width, depth, activation, residual)
+            previous = width
+        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(widths[-1] * sizes[-1][0] * sizes[-1][1], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-1]
+        images = x.reshape(-1, *self.shape)  # (n, C, H, W)
+        return self.head(self.trunk(images)).reshape(*batch, -1)
+
+
+class ConvDecoder(nn.Module):
+    """h (..., in_dim) -> Linear -> (c_L, h_L, w_L) -> per level up: [blocks, upsample, conv3x3, activation]
+    -> upsample to H x W -> conv3x3 head -> (..., M·H·W).
+
+    M = `out_channels` parameters per position (Bernoulli logits: C; discretized logistic: 2C; ...),
+    returned flat in (M, H, W) order. The layers mirror ConvEncoder's, sizes included.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        shape: tuple[int, int, int],
+        channels: int,
+        depth: int,
+        out_channels: int,
+        activation: str = "relu",
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        sizes = resolutions(shape[1], shape[2])
+        halvings = len(sizes) - 1
+        widths = _level_channels(channels, max(halvings, 1))
+        self.top = (widths[-1], *sizes[-1])
+        self.stem = nn.Linear(in_dim, widths[-1] * sizes[-1][0] * sizes[-1][1])
+        layers: list[nn.Module] = [ACTIVATIONS[activation](), nn.Unflatten(1, self.top)]
+        for level in range(len(widths) - 1, 0, -1):
+            layers += _cells(widths[level], depth, activation, residual)
+            layers += [
+                nn.Upsample(size=sizes[level], mode="nearest"),
+                nn.Conv2d(widths[level], widths[level - 1], 3, padding=1),
+                ACTIVATIONS[activation](),
+            ]
+        layers += _cells(widths[0], depth, activation, residual)
+        if halvings:
+            layers.append(nn.Upsample(size=sizes[0], mode="nearest"))
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        batch = h.shape[:-1]
+        features = self.trunk(self.stem(h.reshape(-1, h.shape[-1])))  # (n, c_1, H, W)
+        return self.head(features).reshape(*batch, -1)
 
 
 def full_precision(tensor: torch.Tensor) -> torch.Tensor:

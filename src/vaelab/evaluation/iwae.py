@@ -26,7 +26,9 @@ from vaelab.evaluation.common import (
     model_on,
 )
 from vaelab.kernels import evaluation_decoder
+from vaelab.config import ModelSpec
 from vaelab.models.base import LatentVariableModel
+from vaelab.nn import resolutions
 
 
 def layout(n_images: int, k_max: int, batch_size: int, max_bytes: int, model: LatentVariableModel) -> tuple[int, int]:
@@ -35,6 +37,7 @@ def layout(n_images: int, k_max: int, batch_size: int, max_bytes: int, model: La
     row_floats = spec.hidden[0] + spec.input_dim + 3 * spec.latent_dim
     row_floats += spec.pseudo_inputs if spec.prior == "vamp" else 0  # the (rows, K) mixture terms
     row_floats += 2 * sum(spec.hidden[1:])  # q(z2|z1) and p(z1|z2) with two layers
+    row_floats += decoder_activation_floats(spec)
     rows = max(1, max_bytes // (4 * row_floats))
     if batch_size:
         images = batch_size
@@ -45,6 +48,18 @@ def layout(n_images: int, k_max: int, batch_size: int, max_bytes: int, model: La
         images = max(1, rows // k_max) if k_max <= rows else max(1, rows // max(NOISE_BLOCK, rows // 4))
     images = min(images, n_images)
     return images, max(1, rows // images)
+
+
+def decoder_activation_floats(spec: ModelSpec) -> int:
+    """Floats a convolutional decoder holds per latent row beyond the MLP's: its feature maps at every level
+    (a few live at once per block) and its per-position parameters; 0 for an MLP."""
+    if spec.network == "mlp":
+        return 0
+    channels, height, width = spec.shape
+    sizes = resolutions(height, width)
+    maps = sum(spec.channels * min(2**level, 8) * h * w for level, (h, w) in enumerate(sizes[1:] or sizes))
+    parameters = 2 * channels * height * width * max(1, spec.mixture_components if "mixture" in spec.likelihood else 1)
+    return (3 + 2 * spec.depth) * maps + spec.channels * height * width + 4 * parameters
 
 
 class LogWeights:
@@ -96,6 +111,7 @@ class IWAEResult:
     images_per_batch: int
     samples_per_chunk: int
     buffer_bytes: int  # the working buffers' size, independent of N and k
+    per_image: dict[str, torch.Tensor] | None = None  # "L_k" (N,) for each k, "log_likelihood" and "kl", float64
 
 
 @torch.no_grad()
@@ -109,11 +125,15 @@ def importance_weighted_evaluation(
     device: torch.device | str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     progress: bool = False,
+    first_image: int = 0,
 ) -> IWAEResult:
     """L_k = log (1/k) Σ_{i≤k} p(x, z_i)/q(z_i|x), z_i ~ q(z|x), for every k in ks, over x (N, P); nats per image.
 
     `batch_size` images per batch (0: chosen from max_bytes). Each bound's `seconds` is the
     measured time of the encoder and of samples 1..k only. `progress` shows a bar with the time left.
+    x's image i is image `first_image + i` of a larger set: its noise is that image's, so the set's
+    shards, evaluated apart (a resumed run, the ranks of torchrun), give each image the values that
+    one pass over the whole set gives it.
     """
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
@@ -152,7 +172,7 @@ def importance_weighted_evaluation(
             started = time.perf_counter()
             for start in range(segment_start, segment_stop, samples):
                 stop = min(start + samples, segment_stop)
-                eps = noise.draw(index, start, stop).to(weights.dtype)  # (b, c, D)
+                eps = noise.draw(_shifted(index, first_image), start, stop).to(weights.dtype)  # (b, c, D)
                 z_samples_first = posterior.rsample(eps.transpose(0, 1))  # (c, b, D)
                 z = z_samples_first.transpose(0, 1)  # (b, c, D)
                 log_px_given_z = weights.log_likelihood(z)  # (b, c)
@@ -182,7 +202,13 @@ def importance_weighted_evaluation(
         images_per_batch=images,
         samples_per_chunk=samples,
         buffer_bytes=bytes_used,
+        per_image={**{f"L_{k}": bounds[k] for k in ks}, "log_likelihood": log_likelihood_mean, "kl": kl},
     )
+
+
+def _shifted(index: range, offset: int) -> range:
+    """Image indices of a shard within the whole set."""
+    return range(index.start + offset, index.stop + offset)
 
 
 def importance_weighted_bounds(

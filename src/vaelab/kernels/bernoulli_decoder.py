@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vaelab.models.base import LatentVariableModel
+from vaelab.nn import MLP
 
 NAME = "fused-bernoulli-decoder"
 
@@ -27,6 +28,8 @@ def why_not(model: LatentVariableModel) -> str | None:
     likelihood = model.likelihood
     if likelihood.kind != "bernoulli":
         return f"likelihood {likelihood.kind} (serves bernoulli)"
+    if not isinstance(likelihood.decoder, MLP):
+        return f"decoder {type(likelihood.decoder).__name__} (serves MLP)"
     if not isinstance(likelihood.decoder.head, nn.Linear):
         return "the decoder does not end in a linear layer"
     return None

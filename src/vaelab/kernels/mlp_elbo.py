@@ -30,6 +30,7 @@ NAME = "mlp-elbo-by-hand"
 def why_not(model: ModelSpec, objective: ObjectiveSpec, runtime: Runtime) -> str | None:
     """None if this kernel serves the run, else the first reason it does not."""
     checks = (
+        (model.network == "mlp", f"network {model.network} (serves mlp)"),
         (model.layers == 1, f"{model.layers} stochastic layers (serves 1)"),
         (model.depth == 1, f"depth {model.depth} (serves one hidden layer)"),
         (model.activation == "relu", f"activation {model.activation} (serves relu)"),

@@ -16,10 +16,11 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from vaelab import distributions as dist
 from vaelab.config import ModelSpec
 from vaelab.distributions import bernoulli_log_prob, gaussian_log_prob, log_normal_diag
 from vaelab.models.priors import Components
-from vaelab.nn import MLP, full_precision
+from vaelab.nn import MLP, ConvDecoder, ConvEncoder, GaussianMLP, GaussianNet, full_precision
 
 
 class Posterior(ABC):
@@ -68,19 +69,28 @@ class DiagonalGaussian(Posterior):
 
 
 class Likelihood(nn.Module):
-    """p(x|h) for an observation x (..., P) given the latent it conditions on, h (..., D_h), through an MLP decoder.
+    """p(x|h) for an observation x (..., P) given the latent it conditions on, h (..., D_h), through a decoder.
 
-    `decoder(h)` gives the distribution's parameter: Bernoulli logits, or the Gaussian mean.
+    `decoder(h)` gives the distribution's parameters, `per_position(C)` numbers for each of the image's
+    S = H·W positions, flat in (M, S) order: Bernoulli logits or the Gaussian mean (M = C, the image's own
+    layout), or a discretized logistic's parameters.
     """
 
     kind = ""
+    discrete_8bit = False  # a pmf over the 256 levels of every subpixel (bits per dimension apply)
 
-    def __init__(self, decoder: MLP) -> None:
+    def __init__(self, decoder: nn.Module, shape: tuple[int, int, int] | None = None) -> None:
         super().__init__()
         self.decoder = decoder
+        self.shape = shape
+
+    @staticmethod
+    def per_position(channels: int, spec: ModelSpec) -> int:
+        """Parameters per image position for `channels` channels."""
+        return channels
 
     def parameters_of(self, h: torch.Tensor) -> torch.Tensor:
-        """h (..., D_h) -> logits or mean (..., P), float32 under autocast."""
+        """h (..., D_h) -> the decoder's parameters (..., M·S), float32 under autocast."""
         return full_precision(self.decoder(h))
 
     def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -116,8 +126,8 @@ class GaussianLikelihood(Likelihood):
 
     kind = "gaussian"
 
-    def __init__(self, decoder: MLP, std: float) -> None:
-        super().__init__(decoder)
+    def __init__(self, decoder: nn.Module, std: float, shape: tuple[int, int, int] | None = None) -> None:
+        super().__init__(decoder, shape)
         self.std = std
 
     def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -131,12 +141,121 @@ class GaussianLikelihood(Likelihood):
         return mean + self.std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
 
 
+class DiscretizedLogisticLikelihood(Likelihood):
+    """p(x|h) = Π_i DLogistic(x_i; μ_i, s_i) over the 256 levels of each subpixel (Kingma et al. 2016).
+
+    The decoder gives (2, C, S): locations μ on the [-1, 1] scale of 2x - 1, then log-scales.
+    """
+
+    kind = "logistic"
+    discrete_8bit = True
+
+    @staticmethod
+    def per_position(channels: int, spec: ModelSpec) -> int:
+        return 2 * channels
+
+    def _split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = self.parameters_of(h)
+        mean, log_scale = params.chunk(2, dim=-1)  # (..., C·S) each: the (2, C, S) layout
+        return mean, log_scale
+
+    def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return dist.discretized_logistic_log_prob(x, *self._split(h))
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return dist.discretized_logistic_mean(*self._split(h))
+
+    def sample(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return dist.discretized_logistic_sample(*self._split(h), generator=generator)
+
+
+class DiscretizedLogisticMixtureLikelihood(Likelihood):
+    """p(x|h) = Π_positions Σ_k π_k Π_c DLogistic(x_c; μ_kc + Σ_{c'<c} α_kcc' y_c', s_kc) (PixelCNN++).
+
+    The decoder gives, per position, K mixture logits, K·C locations, K·C log-scales and K·C(C-1)/2
+    channel coefficients, in that order ((M, S) layout, M = K(1 + 2C + C(C-1)/2)).
+    """
+
+    kind = "logistic-mixture"
+    discrete_8bit = True
+
+    def __init__(self, decoder: nn.Module, shape: tuple[int, int, int], components: int) -> None:
+        super().__init__(decoder, shape)
+        self.components = components
+
+    @staticmethod
+    def per_position(channels: int, spec: ModelSpec) -> int:
+        return spec.mixture_components * (1 + 2 * channels + channels * (channels - 1) // 2)
+
+    def _split(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        channels, height, width = self.shape  # type: ignore[misc]
+        k, positions, pairs = self.components, height * width, channels * (channels - 1) // 2
+        params = self.parameters_of(h)
+        params = params.reshape(*params.shape[:-1], -1, positions)  # (..., M, S)
+        sizes = (k, k * channels, k * channels, k * pairs)
+        logits, means, log_scales, coeffs = params.split(sizes, dim=-2)
+        batch = params.shape[:-2]
+        return (
+            logits,  # (..., K, S)
+            means.reshape(*batch, k, channels, positions),
+            log_scales.reshape(*batch, k, channels, positions),
+            coeffs.reshape(*batch, k, pairs, positions),
+        )
+
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[:-1], self.shape[0], -1)  # (..., C, S)
+
+    def log_prob(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return dist.discretized_logistic_mixture_log_prob(self._image(x), *self._split(h))
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        means = dist.discretized_logistic_mixture_mean(*self._split(h))
+        return means.reshape(*means.shape[:-2], -1)
+
+    def sample(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        draws = dist.discretized_logistic_mixture_sample(*self._split(h), generator=generator)
+        return draws.reshape(*draws.shape[:-2], -1)
+
+
+LIKELIHOOD_CLASSES: dict[str, type[Likelihood]] = {
+    "bernoulli": BernoulliLikelihood,
+    "gaussian": GaussianLikelihood,
+    "logistic": DiscretizedLogisticLikelihood,
+    "logistic-mixture": DiscretizedLogisticMixtureLikelihood,
+}
+
+
+def encoder_network(spec: ModelSpec, width: int, out_dim: int) -> GaussianNet:
+    """q(z1|x)'s network next to the image: spec.network's encoder x (..., P) -> (mu, logvar) (..., out_dim)."""
+    if spec.network == "mlp":
+        return GaussianMLP(spec.input_dim, width, spec.depth, out_dim, spec.activation)
+    residual = spec.network == "resnet"
+    return GaussianNet(
+        ConvEncoder(spec.shape, spec.channels, spec.depth, 2 * out_dim, spec.activation, residual), out_dim
+    )
+
+
 def build_likelihood(spec: ModelSpec, in_dim: int, width: int) -> Likelihood:
-    """p(x|h) of `spec.likelihood` with an MLP decoder in_dim -> width x depth -> input_dim."""
-    decoder = MLP(in_dim, width, spec.depth, spec.input_dim, spec.activation)
-    if spec.likelihood == "gaussian":
-        return GaussianLikelihood(decoder, spec.likelihood_std)
-    return BernoulliLikelihood(decoder)
+    """p(x|h) of `spec.likelihood` with spec.network's decoder h (..., in_dim) -> parameters (..., M·S).
+
+    The MLP decoder is in_dim -> width x depth -> M·S, the MLP of the PyTorch example for Bernoulli.
+    """
+    shape = spec.shape
+    channels = shape[0] if shape is not None else 1
+    cls = LIKELIHOOD_CLASSES[spec.likelihood]
+    if cls is DiscretizedLogisticMixtureLikelihood and shape is None:
+        shape = (1, 1, spec.input_dim)  # a flat vector: one channel, P positions
+    per_position = cls.per_position(channels, spec)
+    if spec.network == "mlp":
+        decoder: nn.Module = MLP(in_dim, width, spec.depth, spec.input_dim // channels * per_position, spec.activation)
+    else:
+        residual = spec.network == "resnet"
+        decoder = ConvDecoder(in_dim, shape, spec.channels, spec.depth, per_position, spec.activation, residual)
+    if cls is GaussianLikelihood:
+        return GaussianLikelihood(decoder, spec.likelihood_std, shape)
+    if cls is DiscretizedLogisticMixtureLikelihood:
+        return DiscretizedLogisticMixtureLikelihood(decoder, shape, spec.mixture_components)
+    return cls(decoder, shape)
 
 
 class LatentVariableModel(nn.Module, ABC):

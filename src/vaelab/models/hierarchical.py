@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from vaelab.config import ModelSpec
 from vaelab.distributions import log_normal_diag
-from vaelab.models.base import LatentVariableModel, Posterior, build_likelihood
+from vaelab.models.base import LatentVariableModel, Posterior, build_likelihood, encoder_network
 from vaelab.models.priors import Components, StandardNormalPrior, VampPrior
 from vaelab.nn import GaussianMLP
 
@@ -57,7 +57,7 @@ class TwoLayerVAE(LatentVariableModel):
             raise ValueError(f"TwoLayerVAE has two stochastic layers, the spec asks for {spec.layers}")
         self.spec = spec
         (d1, d2), (width1, width2) = spec.latent_dims, spec.hidden
-        self.encoder1 = GaussianMLP(spec.input_dim, width1, spec.depth, d1, spec.activation)  # q(z1|x)
+        self.encoder1 = encoder_network(spec, width1, d1)  # q(z1|x)
         self.encoder2 = GaussianMLP(d1, width2, spec.depth, d2, spec.activation)  # q(z2|z1)
         self.decoder2 = GaussianMLP(d2, width2, spec.depth, d1, spec.activation)  # p(z1|z2)
         self.likelihood = build_likelihood(spec, d1, width1)  # p(x|z1)

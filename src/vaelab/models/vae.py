@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from vaelab.config import ModelSpec
-from vaelab.models.base import DiagonalGaussian, LatentVariableModel, Posterior, build_likelihood
+from vaelab.models.base import DiagonalGaussian, LatentVariableModel, Posterior, build_likelihood, encoder_network
 from vaelab.models.priors import Components, StandardNormalPrior, VampPrior
-from vaelab.nn import GaussianMLP
 
 
 class VAE(LatentVariableModel):
@@ -25,7 +24,7 @@ class VAE(LatentVariableModel):
             raise ValueError(f"VAE has one stochastic layer; build {spec.layers} with vaelab.models.build_model")
         self.spec = spec
         (latent,), (width,) = spec.latent_dims, spec.hidden
-        self.encoder = GaussianMLP(spec.input_dim, width, spec.depth, latent, spec.activation)
+        self.encoder = encoder_network(spec, width, latent)
         self.likelihood = build_likelihood(spec, latent, width)
         self.prior = (
             VampPrior(spec.pseudo_inputs, spec.input_dim) if spec.prior == "vamp" else StandardNormalPrior(latent)
