@@ -22,10 +22,12 @@ from vaelab.data.sources import (
     TRAIN_LABELS,
     Dataset,
     Split,
+    converted,
     default_cache_dir,
     fetch,
     info,
     load_dataset,
+    load_run_dataset,
 )
 from vaelab.data.sources import _unpickle_mnist as _unpickle_mnist
 from vaelab.data.transforms import binarize, pixels
@@ -42,10 +44,12 @@ __all__ = [
     "Dataset",
     "Split",
     "binarize",
+    "converted",
     "default_cache_dir",
     "fetch",
     "info",
     "load_dataset",
+    "load_run_dataset",
     "parse_idx",
     "pixels",
     "read_idx",

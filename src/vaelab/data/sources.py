@@ -10,6 +10,7 @@ unverified is ever trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -26,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.config import DATASETS, USER_DATASET, VERIFIED_DATASETS
+from vaelab.config import DATASETS, IMAGE_DATASETS, USER_DATASET, VERIFIED_DATASETS, TrainConfig
 from vaelab.data.idx import _decode_idx, _gunzip, _idx_bytes, _read_idx_file
+from vaelab.data.images import converted_entries, image_shape, load_images, resize_images
 from vaelab.errors import VaelabError
 from vaelab.io import atomic_write
 
@@ -72,20 +74,29 @@ _DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclass(frozen=True)
 class Split:
-    """One split: images (N, 28, 28) uint8 in 0..255, labels (N,) int64 in 0..9."""
+    """One split: images uint8 in 0..255, (N, 28, 28) for MNIST's and IDX files, (N, C, H, W) for users' folders
+    and arrays (memory-mapped from the cache); labels (N,) int64."""
 
-    images: torch.Tensor  # (N, 28, 28) uint8
+    images: torch.Tensor  # (N, H, W) or (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A verified dataset: the official train (60 000) and test (10 000) splits."""
+    """A dataset's train and test splits: MNIST's verified 60 000 / 10 000, or a user's images."""
 
     name: str
     train: Split
     test: Split
-    source: str  # the directory the verified files were read from
+    source: str  # the directory (or file) the images were read from
+    classes: tuple[str, ...] = ()  # a folder's class names, label i = classes[i]
+    source_digest: str = ""  # SHA-256 over the source files (folders and arrays)
+    cache_digest: str = ""  # SHA-256 of the converted uint8 cache the splits are mapped from
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return image_shape(self.train.images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,10 +161,11 @@ def _check_digest(name: str, stem: str, raw: bytes, where: Path | str) -> None:
         )
 
 
-def _split(images: torch.Tensor, labels: torch.Tensor, where: str) -> Split:
-    """Check images (N, 28, 28) and labels (N,) in 0..9; return labels as int64."""
-    if images.dim() != 3 or tuple(images.shape[1:]) != (IMAGE_SIDE, IMAGE_SIDE):
-        raise VaelabError(f"{where}: images have shape {tuple(images.shape)}, expected (N, 28, 28); wrong file?")
+def _split(images: torch.Tensor, labels: torch.Tensor, where: str, any_size: bool = False) -> Split:
+    """Check images (N, 28, 28) (any (N, H, W) with any_size) and labels (N,) in 0..9; return labels as int64."""
+    if images.dim() != 3 or (not any_size and tuple(images.shape[1:]) != (IMAGE_SIDE, IMAGE_SIDE)):
+        expected = "(N, H, W)" if any_size else "(N, 28, 28)"
+        raise VaelabError(f"{where}: images have shape {tuple(images.shape)}, expected {expected}; wrong file?")
     if labels.dim() != 1:
         raise VaelabError(f"{where}: labels have shape {tuple(labels.shape)}, expected (N,); wrong file?")
     if labels.shape[0] != images.shape[0]:
@@ -171,8 +183,14 @@ def _load_verified(name: str, files: dict[str, Path], source: Path) -> Dataset:
     raws: dict[str, bytes] = {}
     for stem in IDX_FILES:
         raws[stem], tensors[stem] = _read_idx_file(files[stem], _NDIM[stem])
-    train = _split(tensors[TRAIN_IMAGES], tensors[TRAIN_LABELS], f"{source} (train)")
-    test = _split(tensors[TEST_IMAGES], tensors[TEST_LABELS], f"{source} (t10k)")
+    any_size = name == USER_DATASET
+    train = _split(tensors[TRAIN_IMAGES], tensors[TRAIN_LABELS], f"{source} (train)", any_size)
+    test = _split(tensors[TEST_IMAGES], tensors[TEST_LABELS], f"{source} (t10k)", any_size)
+    if any_size and train.images.shape[1:] != test.images.shape[1:]:
+        raise VaelabError(
+            f"{source}: training images are {tuple(train.images.shape[1:])}, test images "
+            f"{tuple(test.images.shape[1:])}; give both splits one size"
+        )
     if name in OFFICIAL_SHA256:
         for stem in IDX_FILES:
             _check_digest(name, stem, raws[stem], files[stem])
@@ -189,13 +207,71 @@ def load_dataset(
     *,
     download: bool = True,
     cache_dir: str | Path | None = None,
+    image_size: int = 0,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
 ) -> Dataset:
-    """Load a verified dataset: train (60000, 28, 28) / test (10000, 28, 28) uint8, labels int64.
+    """Load a dataset: the one loader behind `vaelab train`, `evaluate` and `plot`.
 
-    From data_dir if given (no fallback); else the cache; else fetch it into the cache.
-    name "idx" is a user's own 28x28 IDX files in data_dir: checked for structure, not digests.
+    mnist / fashion-mnist: train (60000, 28, 28) / test (10000, 28, 28) uint8, labels int64, verified; from
+    data_dir if given (no fallback); else the cache; else fetched into the cache.
+    idx: a user's own IDX files of any size in data_dir, checked for structure, not digests.
+    folder / array: a user's PNG/JPEG folder or .npy/.npz file, converted once into the cache
+    (vaelab.data.images): (N, C, H, W) uint8, memory-mapped. image_size > 0 resizes the shorter side and
+    centre-crops (folder, array, idx); test_fraction and seed split a source that has no test part.
     """
     _check_name(name, allow_user=True)
+    if name in IMAGE_DATASETS:
+        if data_dir is None:
+            what = "a folder of PNG/JPEG images" if name == "folder" else "a .npy or .npz file of uint8 images"
+            raise VaelabError(f"--dataset {name} reads {what}: pass --data-dir")
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        converted = load_images(
+            name,
+            data_dir,
+            cache_root=root,
+            image_size=image_size,
+            test_fraction=test_fraction,
+            seed=seed,
+            progress=progress,
+        )
+        meta = converted.meta
+        return Dataset(
+            name=name,
+            train=Split(converted.train_images, converted.train_labels),
+            test=Split(converted.test_images, converted.test_labels),
+            source=meta["source"],
+            classes=tuple(meta["classes"]),
+            source_digest=meta["source_digest"],
+            cache_digest=meta["cache_digest"],
+        )
+    dataset = _load_idx_dataset(name, data_dir, download, cache_dir)
+    if image_size:
+        if name != USER_DATASET:
+            raise VaelabError(f"--image-size resizes users' images; {name} is 28x28 as published: drop --image-size")
+        dataset = dataclasses.replace(
+            dataset,
+            train=Split(resize_images(dataset.train.images, image_size), dataset.train.labels),
+            test=Split(resize_images(dataset.test.images, image_size), dataset.test.labels),
+        )
+    return dataset
+
+
+def load_run_dataset(config: TrainConfig, data_dir: str | Path | None = None, *, progress: bool = False) -> Dataset:
+    """The data set a run trains (or trained) on, converted as its config says; data_dir overrides the config's."""
+    return load_dataset(
+        config.dataset,
+        data_dir if data_dir is not None else config.data_dir,
+        image_size=config.image_size,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        progress=progress,
+    )
+
+
+def _load_idx_dataset(name: str, data_dir: str | Path | None, download: bool, cache_dir: str | Path | None) -> Dataset:
+    """mnist, fashion-mnist or idx from IDX files (load_dataset's first case)."""
     if name == USER_DATASET and data_dir is None:
         raise VaelabError(
             "--dataset idx reads your own IDX files: pass --data-dir DIR holding the four train-/t10k- files"
@@ -233,6 +309,11 @@ def fetch(name: str = "mnist", cache_dir: str | Path | None = None) -> Path:
             pass  # rebuilt below; the damaged files are replaced atomically
     _fetch(name, directory)
     return directory
+
+
+def converted(cache_dir: str | Path | None = None) -> list[dict]:
+    """meta.json of every user image set converted into the cache (source, shape, counts, digests, dir)."""
+    return converted_entries(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
 
 
 def info(cache_dir: str | Path | None = None) -> list[dict]:
