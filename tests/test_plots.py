@@ -1,5 +1,8 @@
 """Figures of a trained model: the arrays behind them (vaelab.visualize), the per-epoch strip, `vaelab plot`,
-the figures at the end of `vaelab train` and its TensorBoard log, on tiny synthetic data."""
+the figures at the end of `vaelab train` and its TensorBoard log, on tiny synthetic data; images of any
+(C, H, W), grey or colour, square or not."""
+
+import io
 
 import csv
 import json
@@ -10,23 +13,28 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-
 from conftest import run_ok, run_refused
+from vaelab import plots
 from vaelab.config import ModelSpec
+from vaelab.errors import VaelabError
 from vaelab.models import build_model
 from vaelab.visualize import (
     EPOCH_SAMPLES_NAME,
+    append_epoch_samples,
     decoder_codes,
     draws_beside_means,
+    epoch_samples_shape,
     fixed_samples,
     interpolations,
     lerp,
     manifold,
     normal_quantiles,
+    pictures,
     plane_coordinates,
     principal_plane,
     read_epoch_samples,
     slerp,
+    to_uint8,
 )
 
 pytestmark = pytest.mark.usefixtures("plain_torch")
@@ -239,3 +247,253 @@ def test_tensorboard_missing_fails_before_training_in_one_line(tiny_idx_dir, tmp
     line = run_refused(argv, capsys, '--tensorboard needs the tensorboard package: pip install "vaelab[tensorboard]"')
     assert line.startswith("vaelab train: error:")
     assert not run.exists()
+
+
+# --- images of any shape: grey or colour, square or not -----------------------------------------------
+
+RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
+
+
+def colour_image(places, shape=(3, 4, 5)):
+    """A black (H, W, 3) image with the given {(row, column): rgb}, and the same image flat in (C, H, W) order."""
+    channels, height, width = shape
+    picture = np.zeros((height, width, channels), dtype=np.float32)
+    for (row, column), rgb in places.items():
+        picture[row, column] = rgb
+    return picture, picture.transpose(2, 0, 1).reshape(-1)
+
+
+def tile_at(mosaic, index, columns, height, width, pad=2):
+    row, column = divmod(index, columns)
+    top, left = pad + row * (height + pad), pad + column * (width + pad)
+    return mosaic[top : top + height, left : left + width]
+
+
+def rendered_rgb(figure):
+    """The figure drawn by Agg: (height, width, 3) uint8, top row first."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3]
+
+
+def screen_pixel(figure, axes, row, column):
+    """The rendered RGB (0..255) at the centre of mosaic pixel (row, column) of the axes' image."""
+    buffer = rendered_rgb(figure)  # drawn first: the axes' aspect fixes where the image lies
+    x, y = axes.transData.transform((column, row))
+    return buffer[buffer.shape[0] - 1 - int(y), int(x)]
+
+
+def test_the_flat_channel_first_vector_is_shown_as_height_width_channel():
+    flat = np.arange(2 * 3 * 2 * 4, dtype=np.float32).reshape(2, 24) / 100  # (n, C·H·W)
+    shown = plots.display_images(flat, (3, 2, 4))
+    assert shown.shape == (2, 2, 4, 3)
+    for n, c, h, w in ((0, 0, 0, 0), (1, 2, 1, 3), (0, 1, 1, 2)):
+        assert shown[n, h, w, c] == flat[n, c * 8 + h * 4 + w]
+    grey = plots.display_images(np.full((3, 12), 1.5), (1, 3, 4))
+    assert grey.shape == (3, 3, 4) and (grey == 1.0).all()  # clipped to [0, 1], the channel squeezed
+    assert np.array_equal(plots.display_images(np.full((1, 12), 255, np.uint8), (3, 4)), np.ones((1, 3, 4)))
+    assert plots.channels_first((20, 30)) == (1, 20, 30)  # the old (H, W): grey
+    with pytest.raises(VaelabError, match="C = 1 .grey. or 3 .RGB."):
+        plots.display_images(np.zeros((1, 8)), (2, 2, 2))
+    with pytest.raises(VaelabError, match="not an image"):
+        plots.image_grid(np.zeros((2, 50)), image_shape=None)
+
+
+def test_a_colour_grid_puts_red_green_and_blue_where_the_image_has_them():
+    first, first_flat = colour_image({(0, 0): RED, (1, 2): GREEN, (3, 4): BLUE})
+    second, second_flat = colour_image({(0, 4): BLUE, (2, 1): RED})
+    figure = plots.image_grid(np.stack((first_flat, second_flat)), columns=2, image_shape=(3, 4, 5))
+    axes = figure.axes[0]
+    mosaic = axes.images[0].get_array()
+    assert mosaic.shape == (2 + 4 + 2, 2 + 2 * (5 + 2), 3)
+    assert np.array_equal(tile_at(mosaic, 0, 2, 4, 5), first)
+    assert np.array_equal(tile_at(mosaic, 1, 2, 4, 5), second)
+    # Rendered: pure colours at those pixels (the first image's top left is mosaic pixel (2, 2)).
+    assert screen_pixel(figure, axes, 2 + 0, 2 + 0).tolist() == [255, 0, 0]
+    assert screen_pixel(figure, axes, 2 + 1, 2 + 2).tolist() == [0, 255, 0]
+    assert screen_pixel(figure, axes, 2 + 3, 2 + 4).tolist() == [0, 0, 255]
+    assert screen_pixel(figure, axes, 2 + 2, 2 + 7 + 1).tolist() == [255, 0, 0]
+    assert screen_pixel(figure, axes, 2 + 1, 2 + 1).tolist() == [0, 0, 0]
+
+
+def test_a_non_square_grey_image_round_trips_through_the_grid():
+    images = np.random.default_rng(0).uniform(0, 1, (3, 20 * 30)).astype(np.float32)
+    for shape in ((1, 20, 30), (20, 30)):
+        figure = plots.image_grid(images, columns=2, image_shape=shape)
+        image = figure.axes[0].images[0]
+        mosaic = image.get_array()
+        assert mosaic.shape == (2 + 2 * (20 + 2), 2 + 2 * (30 + 2))
+        for index in range(3):
+            assert np.array_equal(tile_at(mosaic, index, 2, 20, 30), images[index].reshape(20, 30))
+        assert image.get_cmap().name == "gray" and image.get_clim() == (0.0, 1.0)
+    grid = plots.reconstruction_grid(images[:2], 1 - images[:2], columns=2, image_shape=(1, 20, 30))
+    mosaic = grid.axes[0].images[0].get_array()
+    assert np.array_equal(tile_at(mosaic, 2, 2, 20, 30), 1 - images[0].reshape(20, 30))  # second row: reconstructions
+
+
+def test_mnist_keeps_its_grey_figures_and_their_sizes():
+    images = np.random.default_rng(1).uniform(0, 1, (64, 784)).astype(np.float32)
+    figure = plots.image_grid(images, 8, title="t")
+    assert tuple(figure.get_size_inches()) == pytest.approx((6.0, 6.4))  # 0.75 in per image, as always
+    mosaic = figure.axes[0].images[0].get_array()
+    assert mosaic.ndim == 2 and np.array_equal(tile_at(mosaic, 9, 8, 28, 28), images[9].reshape(28, 28))
+    strip = plots.epoch_strip(to_uint8(torch.from_numpy(images[:30])).numpy().reshape(3, 10, 784), [1, 2, 3])
+    assert tuple(strip.get_size_inches()) == pytest.approx((5.9, 2.2))
+
+
+@pytest.mark.parametrize("figure_of", ["manifold", "interpolations", "draws", "strip"])
+def test_every_model_figure_draws_colour_as_rgb(figure_of):
+    picture, flat = colour_image({(0, 0): RED, (1, 2): GREEN, (3, 4): BLUE}, shape=(3, 4, 6))
+    shape, others = (3, 4, 6), np.full((5, 72), 0.25, dtype=np.float32)
+    if figure_of == "manifold":
+        images = np.concatenate((flat[None], others[:3])).reshape(2, 2, 72)
+        figure, pad = plots.manifold_grid(images, [0.0, 1.0], [1.0, 0.0], "x", "y", "t", image_shape=shape), 0
+    elif figure_of == "interpolations":
+        figure = plots.interpolation_rows(flat[None], others[None, :3], others[:1], [0, 0.5, 1], "t", shape)
+        pad = 2
+    elif figure_of == "draws":
+        figure, pad = plots.draws_beside_means(flat[None], flat[None] * 2, "d", columns=1, image_shape=shape), 2
+    else:
+        uint8 = to_uint8(torch.from_numpy(np.stack((np.concatenate((flat[None], others[:1])),) * 3))).numpy()
+        figure, pad = plots.epoch_strip(uint8, [1, 2, 3], image_shape=shape), 2
+    for axes in figure.axes:
+        mosaic = axes.images[0].get_array()
+        assert mosaic.ndim == 3 and mosaic.shape[2] == 3
+        np.testing.assert_allclose(tile_at(mosaic, 0, 2, 4, 6, pad=pad), picture)  # draws: 2x clipped to [0, 1]
+
+
+def test_large_images_get_their_pixels_and_huge_grids_are_capped_and_shrunk():
+    colour = plots.image_grid(np.zeros((64, 3 * 64 * 64), np.float32), 8, image_shape=(3, 64, 64))
+    assert colour.get_size_inches()[0] * colour.dpi >= 8 * (64 + 2)  # a screen pixel for each image pixel
+    assert colour.axes[0].images[0].get_array().shape == (8 * 66 + 2, 8 * 66 + 2, 3)  # not shrunk
+    images = np.zeros((64, 3, 256, 256), np.float32)
+    images[:, 0, :128] = 1.0  # red top halves
+    huge = plots.image_grid(images.reshape(64, -1), 8, image_shape=(3, 256, 256))
+    width, height = huge.get_size_inches()
+    assert max(width, height) <= plots.MAX_FIGURE_INCHES + 1e-9
+    mosaic = huge.axes[0].images[0].get_array()
+    assert mosaic.shape == (8 * (128 + 2) + 2, 8 * (128 + 2) + 2, 3)  # shrunk 2x by block means
+    assert np.array_equal(tile_at(mosaic, 5, 8, 128, 128)[:64, :, 0], np.ones((64, 128)))
+    assert width * huge.dpi >= mosaic.shape[1] - 1  # each shown pixel still gets a screen pixel
+    assert np.array_equal(plots.shrink(np.arange(16.0).reshape(1, 4, 4), 2), [[[2.5, 4.5], [10.5, 12.5]]])
+    assert plots.shrink(np.ones((1, 5, 3, 3)), 2).shape == (1, 3, 2, 3)  # partial blocks repeat the edge
+
+
+def test_epoch_samples_store_their_image_shape_and_read_old_files(tmp_path):
+    path = tmp_path / EPOCH_SAMPLES_NAME
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 256, (10, 3 * 16 * 16), dtype=torch.uint8, generator=generator) for _ in range(3)]
+    for epoch, row in enumerate(rows, start=1):
+        append_epoch_samples(path, epoch, row, image_shape=(3, 16, 16))
+    images, epochs = read_epoch_samples(path)
+    assert images.shape == (3, 10, 768) and epochs.tolist() == [1, 2, 3]
+    assert np.array_equal(images, torch.stack(rows).numpy())
+    assert epoch_samples_shape(path) == (3, 16, 16)
+    append_epoch_samples(path, 2, rows[0], image_shape=(3, 16, 16))  # resumed from epoch 1: epoch 3 goes
+    assert read_epoch_samples(path)[1].tolist() == [1, 2]
+    append_epoch_samples(path, 3, rows[0], image_shape=(3, 8, 32))  # another shape: a fresh strip
+    assert read_epoch_samples(path)[1].tolist() == [3] and epoch_samples_shape(path) == (3, 8, 32)
+    with pytest.raises(VaelabError, match="not images of shape"):
+        append_epoch_samples(path, 4, rows[0], image_shape=(1, 16, 16))
+
+    old = tmp_path / "old.npz"  # written before shapes were stored: no image_shape key
+    np.savez(old, images=np.zeros((2, 10, 784), np.uint8), epochs=np.array([1, 2]))
+    assert epoch_samples_shape(old) == (1, 28, 28) and read_epoch_samples(old)[0].shape == (2, 10, 784)
+    append_epoch_samples(old, 3, torch.zeros(10, 784, dtype=torch.uint8), image_shape=(1, 28, 28))
+    assert read_epoch_samples(old)[1].tolist() == [1, 2, 3]  # the old strip continues
+    np.savez(old, images=np.zeros((1, 10, 400), np.uint8), epochs=np.array([1]))
+    assert epoch_samples_shape(old) == (1, 20, 20)
+    flat = tmp_path / "flat.npz"  # a flat vector that is not an image
+    append_epoch_samples(flat, 1, torch.zeros(10, 50, dtype=torch.uint8))
+    assert epoch_samples_shape(flat) is None and read_epoch_samples(flat)[0].shape == (1, 10, 50)
+    assert epoch_samples_shape(tmp_path / "absent.npz") is None
+
+
+def test_write_figures_draws_every_figure_of_a_colour_model(tmp_path):
+    model = tiny_model(image_shape=(3, 8, 8))
+    generator = torch.Generator().manual_seed(0)
+    x, labels = torch.rand(20, 192, generator=generator), torch.randint(0, 10, (20,), generator=generator)
+    arrays = pictures(model, x, labels, seed=0, grid=5, pairs=3, steps=4, draws=8)
+    assert arrays.image_shape == (3, 8, 8)
+    strip = (to_uint8(torch.rand(3, 10, 192, generator=generator)).numpy(), np.array([1, 2, 3]))
+    written = plots.write_figures(arrays, tmp_path, strip=strip)
+    assert sorted(path.name for path in written) == sorted(FIGURES)
+    assert_pictures(tmp_path)
+    for name in ("manifold.png", "draws.png", "training_strip.png"):
+        rgb = imread(tmp_path / name)[..., :3]
+        assert (np.abs(rgb[..., 0] - rgb[..., 1]) > 0.1).any(), f"{name} has no colour"
+
+
+def test_inputs_that_are_not_an_image_get_the_scatter_alone(tmp_path):
+    model = tiny_model(input_dim=50)
+    assert model.spec.shape is None
+    arrays = pictures(model, torch.rand(12, 50), torch.arange(12) % 3, seed=0, grid=3, pairs=2, steps=3, draws=4)
+    written = plots.write_figures(arrays, tmp_path, strip=(np.zeros((1, 10, 50), np.uint8), np.array([1])))
+    assert [path.name for path in written] == ["latent_scatter.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["latent_scatter.png"]
+
+
+def test_tensorboard_logs_a_colour_row_of_samples(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vaelab.cli.train import _EpochRecorder
+
+    model = tiny_model(image_shape=(3, 8, 6))
+    recorder = _EpochRecorder(tmp_path, seed=0, tensorboard=True)
+    try:
+        for epoch in (1, 2):
+            recorder({"epoch": epoch, "train_loss": 1.0 / epoch}, model)
+    finally:
+        recorder.close()
+    assert epoch_samples_shape(tmp_path / EPOCH_SAMPLES_NAME) == (3, 8, 6)
+    images, epochs = read_epoch_samples(tmp_path / EPOCH_SAMPLES_NAME)
+    assert images.shape == (2, 10, 144) and epochs.tolist() == [1, 2]
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    logged = events.Images("samples")
+    assert [event.step for event in logged] == [1, 2]
+    assert (logged[0].height, logged[0].width) == (2 + 8 + 2, 2 + 10 * (6 + 2))
+    decoded = imread(io.BytesIO(logged[-1].encoded_image_string), format="png")
+    assert decoded.shape[:2] == (12, 82) and decoded.shape[2] in (3, 4)
+    expected = plots.tile(plots.display_images(images[-1], (3, 8, 6)), 10, pad_value=0.5)
+    np.testing.assert_allclose(decoded[..., :3], expected, atol=1 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("spec", [dict(image_shape=(3, 8, 8)), dict(input_dim=50)], ids=["colour", "not-an-image"])
+def test_the_end_of_training_draws_in_the_models_shape(spec, tmp_path, capsys):
+    from vaelab.cli.train import _write_pictures
+    from vaelab.config import TrainConfig
+
+    model = tiny_model(**spec)
+    pixels = model.spec.input_dim
+    config = TrainConfig(model=model.spec, seed=3)
+    history = [
+        {"epoch": epoch, "train_loss": 9.0 - epoch, "test_loss": 9.5 - epoch, "test_kl": 1.0} for epoch in (1, 2)
+    ]
+    generator = torch.Generator().manual_seed(0)
+    test_x, labels = torch.rand(40, pixels, generator=generator), torch.randint(0, 10, (40,), generator=generator)
+    written = _write_pictures(model, history, test_x, tmp_path, config, labels=labels)
+    if model.spec.shape is None:
+        assert written == ["loss.png", "latent_scatter.png"]
+        assert "no image figures: the model's 50 inputs are not an image" in capsys.readouterr().out
+        return
+    assert written == ["samples.png", "reconstructions.png", "loss.png", *FIGURES[:4]]  # no strip kept
+    for name in ("samples.png", "reconstructions.png"):
+        rgb = imread(tmp_path / name)[..., :3]
+        assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 0.1).any(), f"{name} has no colour"
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7, 40])
+def test_loss_curves_tick_whole_epochs_only(epochs):
+    history = [
+        {"epoch": e, "train_loss": 100.0 - e, "test_loss": 101.0 - e, "test_kl": 20.0 + e}
+        for e in range(1, epochs + 1)
+    ]
+    figure = plots.loss_curves(history)
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    low, high = axes.get_xlim()
+    ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)

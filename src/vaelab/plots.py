@@ -3,6 +3,13 @@
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot), so no GUI backend or
 global state is involved.
+
+Images arrive flat, (n, P) with P = C·H·W in channel-first order (torch's layout), and an
+`image_shape` (C, H, W) with C = 1 (grey, drawn white on black with the grey colormap) or 3
+(RGB); the older (H, W) means grey. Values are intensities in [0, 1] (uint8 0..255 are scaled),
+clipped before drawing. A model whose inputs are not an image (ModelSpec.shape is None: a flat
+vector without image_shape whose length is not a square) gets no image figures: the callers skip
+them and say so (`NOT_AN_IMAGE`), and `write_figures` draws only the latent scatter.
 """
 
 from __future__ import annotations
@@ -14,15 +21,58 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from vaelab.errors import VaelabError
 from vaelab.io import atomic_write
+
+DPI = 100
+# The longer side of an image figure's mosaic, in inches (2000 pixels at DPI): more images, or larger
+# ones, are drawn smaller, and shrunk by block means once an image pixel would fall below a screen pixel.
+MAX_FIGURE_INCHES = 20.0
+NOT_AN_IMAGE = (
+    "no image figures: the model's {pixels} inputs are not an image (no image_shape (C, H, W), and {pixels} is not "
+    "a square); train it with an image shape to draw them"
+)
+
+
+def channels_first(image_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """An image shape (C, H, W) with C = 1 or 3, or the older (H, W), meaning grey -> (C, H, W)."""
+    if image_shape is None:
+        raise VaelabError("these inputs are not an image (no image shape): pass image_shape (C, H, W) to draw them")
+    shape = tuple(int(n) for n in image_shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
+        raise VaelabError(
+            f"pictures draw (C, H, W) images with C = 1 (grey) or 3 (RGB), or grey (H, W) (got {list(shape)})"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def display_images(images: np.ndarray, image_shape: Sequence[int] = (1, 28, 28)) -> np.ndarray:
+    """Flat images (..., C·H·W) in channel-first order (or grey (..., H, W)), in [0, 1] or uint8 -> what imshow
+    draws: (n, H, W) grey or (n, H, W, 3) RGB, float32 clipped to [0, 1]."""
+    channels, height, width = channels_first(image_shape)
+    images = np.asarray(images)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    if images.size % (channels * height * width):
+        raise VaelabError(
+            f"images of shape {list(images.shape)} do not hold whole {channels}x{height}x{width} images; pass the "
+            "model's image shape"
+        )
+    shown = images.astype(np.float32).reshape(-1, channels, height, width) / scale
+    shown = np.clip(shown.transpose(0, 2, 3, 1), 0.0, 1.0)  # (n, H, W, C)
+    return shown[..., 0] if channels == 1 else shown
 
 
 def tile(images: np.ndarray, columns: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
-    """Images (n, h, w) in [0, 1] -> one (rows*(h+pad)+pad, columns*(w+pad)+pad) mosaic, row-major."""
-    n, height, width = images.shape
+    """Images (n, h, w) or (n, h, w, c) in [0, 1] -> one (rows*(h+pad)+pad, columns*(w+pad)+pad[, c]) mosaic,
+    row-major."""
+    n, height, width = images.shape[:3]
     rows = math.ceil(n / columns)
-    mosaic = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad), pad_value, dtype=np.float32)
+    shape = (rows * (height + pad) + pad, columns * (width + pad) + pad, *images.shape[3:])
+    mosaic = np.full(shape, pad_value, dtype=np.float32)
     for index in range(n):
         row, column = divmod(index, columns)
         top, left = pad + row * (height + pad), pad + column * (width + pad)
@@ -30,17 +80,54 @@ def tile(images: np.ndarray, columns: int, pad: int = 2, pad_value: float = 1.0)
     return mosaic
 
 
+def shrink(images: np.ndarray, factor: int) -> np.ndarray:
+    """Block means of factor x factor pixels: images (n, h, w[, c]) -> (n, ⌈h/f⌉, ⌈w/f⌉[, c]), the last row and
+    column repeated to fill a partial block."""
+    if factor <= 1:
+        return images
+    n, height, width = images.shape[:3]
+    extra = -height % factor, -width % factor
+    padded = np.pad(images, [(0, 0), (0, extra[0]), (0, extra[1])] + [(0, 0)] * (images.ndim - 3), mode="edge")
+    blocks = padded.reshape(n, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor, *images.shape[3:])
+    return blocks.mean(axis=(2, 4))
+
+
+def image_cells(
+    images: np.ndarray, image_shape: Sequence[int], rows: int, columns: int, cell_inches: float
+) -> tuple[np.ndarray, float, float]:
+    """Flat images -> (the images as drawn (n, h, w[, 3]), one cell's width and height in inches) for a mosaic of
+    rows x columns cells: the longer side of a cell is cell_inches, or more so that every pixel gets one screen
+    pixel at DPI; the mosaic's sides are at most MAX_FIGURE_INCHES, the images shrunk (block means) to fit."""
+    shown = display_images(images, image_shape)
+    height, width = shown.shape[1:3]
+    longer = max(height, width)
+    side = max(cell_inches, longer / DPI)
+    side = min(side, MAX_FIGURE_INCHES * longer / (columns * width), MAX_FIGURE_INCHES * longer / (rows * height))
+    factor = math.ceil(longer / (side * DPI) - 1e-9)  # > 1 only when the cap makes pixels smaller than the screen's
+    return shrink(shown, factor), side * width / longer, side * height / longer
+
+
+def _draw(axes: Any, mosaic: np.ndarray) -> None:
+    """A grey mosaic (h, w) in the grey colormap on [0, 1] (white on black as in MNIST); an RGB one (h, w, 3) as is."""
+    if mosaic.ndim == 2:
+        axes.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        axes.imshow(mosaic, interpolation="nearest")
+
+
 def image_grid(
-    images: np.ndarray, columns: int = 8, title: str | None = None, image_shape: tuple[int, int] = (28, 28)
+    images: np.ndarray, columns: int = 8, title: str | None = None, image_shape: Sequence[int] = (1, 28, 28)
 ) -> Figure:
-    """A grid of grey images: images (n, h*w) or (n, h, w) in [0, 1], white on black as in MNIST."""
-    images = np.asarray(images, dtype=np.float32).reshape(-1, *image_shape)
-    mosaic = tile(images, columns, pad_value=0.5)
-    figure = Figure(
-        figsize=(columns * 0.75, math.ceil(len(images) / columns) * 0.75 + (0.4 if title else 0.0)), dpi=100
-    )
-    axes = figure.add_axes((0, 0, 1, 1 if not title else 1 - 0.4 / figure.get_figheight()))
-    axes.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    """A grid of images: images (n, C·H·W) (or grey (n, H, W)) in [0, 1], grey white on black as in MNIST,
+    colour as RGB."""
+    n = np.asarray(images).size // math.prod(channels_first(image_shape))
+    rows = math.ceil(n / columns)
+    shown, cell_width, cell_height = image_cells(images, image_shape, rows, columns, 0.75)
+    mosaic = tile(shown, columns, pad_value=0.5)
+    heading = 0.4 if title else 0.0
+    figure = Figure(figsize=(columns * cell_width, rows * cell_height + heading), dpi=DPI)
+    axes = figure.add_axes((0, 0, 1, 1 if not title else 1 - heading / figure.get_figheight()))
+    _draw(axes, mosaic)
     axes.set_axis_off()
     if title:
         figure.suptitle(title, fontsize=10, y=0.995, va="top")
@@ -48,11 +135,15 @@ def image_grid(
 
 
 def reconstruction_grid(
-    originals: np.ndarray, reconstructions: np.ndarray, columns: int = 8, image_shape: tuple[int, int] = (28, 28)
+    originals: np.ndarray,
+    reconstructions: np.ndarray,
+    columns: int = 8,
+    image_shape: Sequence[int] = (1, 28, 28),
 ) -> Figure:
     """Test images (n, P) above their reconstructions (n, P), alternating row pairs."""
-    originals = np.asarray(originals, dtype=np.float32).reshape(-1, *image_shape)
-    reconstructions = np.asarray(reconstructions, dtype=np.float32).reshape(-1, *image_shape)
+    pixels = math.prod(channels_first(image_shape))
+    originals = np.asarray(originals, dtype=np.float32).reshape(-1, pixels)
+    reconstructions = np.asarray(reconstructions, dtype=np.float32).reshape(-1, pixels)
     rows = []
     for start in range(0, len(originals), columns):
         rows.append(originals[start : start + columns])
@@ -74,6 +165,9 @@ def loss_curves(history: Sequence[dict[str, float]], title: str = "-ELBO per ima
     axes.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train -ELBO")
     axes.plot(epochs, [row["test_loss"] for row in history], marker="s", label="test -ELBO")
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only, however few
+    if len(set(epochs)) == 1:
+        axes.set_xticks(epochs)  # one point: the locator's range would hold no whole number but its own
     axes.set_ylabel("nats per image")
     axes.set_title(title)
     axes.grid(alpha=0.3)
@@ -103,8 +197,8 @@ CELL_INCHES = 0.56  # one 28-pixel image at 100 dpi is drawn 2x (56 pixels)
 TICK_FONT = 7
 
 
-def _grey_axes(axes: Any, mosaic: np.ndarray) -> None:
-    axes.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+def _image_axes(axes: Any, mosaic: np.ndarray) -> None:
+    _draw(axes, mosaic)
     for side in axes.spines.values():
         side.set_visible(False)
 
@@ -121,18 +215,19 @@ def manifold_grid(
     xlabel: str,
     ylabel: str,
     title: str,
-    image_shape: tuple[int, int] = (28, 28),
+    image_shape: Sequence[int] = (1, 28, 28),
 ) -> Figure:
     """Decoder means on a grid, images (R, C, P) with image [i, j] at coordinates (across[j], down[i]);
     the ticks name those coordinates."""
     rows, columns = len(down), len(across)
-    images = np.asarray(images, dtype=np.float32).reshape(rows * columns, *image_shape)
-    mosaic = tile(images, columns, pad=0)
-    figure = Figure(figsize=(columns * CELL_INCHES + 1.0, rows * CELL_INCHES + 1.1), dpi=100, layout="constrained")
+    shown, cell_width, cell_height = image_cells(images, image_shape, rows, columns, CELL_INCHES)
+    mosaic = tile(shown, columns, pad=0)
+    figure = Figure(figsize=(columns * cell_width + 1.0, rows * cell_height + 1.1), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
-    _grey_axes(axes, mosaic)
-    axes.set_xticks(_centres(columns, image_shape[1], 0), [_tick(value) for value in across], fontsize=TICK_FONT)
-    axes.set_yticks(_centres(rows, image_shape[0], 0), [_tick(value) for value in down], fontsize=TICK_FONT)
+    _image_axes(axes, mosaic)
+    height, width = shown.shape[1:3]
+    axes.set_xticks(_centres(columns, width, 0), [_tick(value) for value in across], fontsize=TICK_FONT)
+    axes.set_yticks(_centres(rows, height, 0), [_tick(value) for value in down], fontsize=TICK_FONT)
     if rows == 1:
         axes.set_yticks([])
     axes.set_xlabel(xlabel)
@@ -155,8 +250,8 @@ def latent_scatter(
     class_names: Sequence[str] = tuple(str(digit) for digit in range(10)),
     legend_title: str = "digit",
 ) -> Figure:
-    """Points (N, 2) coloured by label (N,) in 0..9, one colour per class (tab10), on equal axes; with one
-    coordinate (N, 1) the label is the vertical axis (jittered)."""
+    """Points (N, 2) coloured by label (N,) in 0..len(class_names)-1, one colour per class (tab10, repeating past
+    ten), on equal axes; with one coordinate (N, 1) the label is the vertical axis (jittered)."""
     coordinates, labels = np.asarray(coordinates, dtype=np.float64), np.asarray(labels)
     figure = Figure(figsize=(7.2, 6.0), dpi=100, layout="constrained")
     axes = figure.add_subplot()
@@ -168,7 +263,9 @@ def latent_scatter(
         if not chosen.any():
             continue
         y = label + jitter[chosen] if one_dimensional else coordinates[chosen, 1]
-        axes.scatter(coordinates[chosen, 0], y, s=6, alpha=0.6, color=colours[label], label=name, linewidths=0)
+        axes.scatter(
+            coordinates[chosen, 0], y, s=6, alpha=0.6, color=colours[label % len(colours)], label=name, linewidths=0
+        )
     if one_dimensional:
         axes.set_yticks(range(len(class_names)), class_names, fontsize=TICK_FONT)
     else:
@@ -191,24 +288,26 @@ def interpolation_rows(
     ends: np.ndarray,
     t: Sequence[float],
     title: str,
-    image_shape: tuple[int, int] = (28, 28),
+    image_shape: Sequence[int] = (1, 28, 28),
 ) -> Figure:
     """One row per pair: the first image, the decoder means along the path paths (B, T, P), the second image."""
     pairs, steps = paths.shape[:2]
     starts = np.asarray(starts, dtype=np.float32).reshape(pairs, 1, -1)
     ends = np.asarray(ends, dtype=np.float32).reshape(pairs, 1, -1)
-    rows = np.concatenate((starts, np.asarray(paths, dtype=np.float32), ends), axis=1)  # (B, T + 2, P)
-    columns = steps + 2
-    mosaic = tile(rows.reshape(-1, *image_shape), columns, pad_value=0.5)
-    figure = Figure(figsize=(columns * CELL_INCHES + 0.4, pairs * CELL_INCHES + 1.0), dpi=100, layout="constrained")
+    rows = np.concatenate((starts, np.asarray(paths, dtype=np.float32).reshape(pairs, steps, -1), ends), axis=1)
+    columns = steps + 2  # rows: (B, T + 2, P)
+    shown, cell_width, cell_height = image_cells(rows, image_shape, pairs, columns, CELL_INCHES)
+    mosaic = tile(shown, columns, pad_value=0.5)
+    figure = Figure(figsize=(columns * cell_width + 0.4, pairs * cell_height + 1.0), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
-    _grey_axes(axes, mosaic)
+    _image_axes(axes, mosaic)
+    width = shown.shape[2]
     names = ["image a", *(f"{value:.2g}" for value in t), "image b"]
     names[1], names[-2] = "t = 0", "t = 1"
-    axes.set_xticks(_centres(columns, image_shape[1], 2), names, fontsize=TICK_FONT)
+    axes.set_xticks(_centres(columns, width, 2), names, fontsize=TICK_FONT)
     axes.set_yticks([])
     # Lines set the images themselves apart from the decoded path between them.
-    for edge in (image_shape[1] + 2, (columns - 1) * (image_shape[1] + 2)):
+    for edge in (width + 2, (columns - 1) * (width + 2)):
         axes.axvline(edge + 0.5, color="tab:orange", linewidth=1.5)
     axes.set_title(title, fontsize=10)
     return figure
@@ -219,16 +318,17 @@ def draws_beside_means(
     draws: np.ndarray,
     draw_title: str,
     columns: int = 8,
-    image_shape: tuple[int, int] = (28, 28),
+    image_shape: Sequence[int] = (1, 28, 28),
 ) -> Figure:
     """Decoder means (n, P) on the left, one draw x ~ p(x|z) at each same z (n, P) on the right, same places."""
-    means = np.asarray(means, dtype=np.float32).reshape(-1, *image_shape)
-    draws = np.clip(np.asarray(draws, dtype=np.float32), 0.0, 1.0).reshape(-1, *image_shape)
-    rows = math.ceil(len(means) / columns)
-    figure = Figure(figsize=(2 * columns * 0.5 + 0.6, rows * 0.5 + 0.6), dpi=100, layout="constrained")
-    for index, (images, name) in enumerate(((means, "decoder means E[x|z]"), (draws, draw_title))):
+    n = np.asarray(means).size // math.prod(channels_first(image_shape))
+    rows = math.ceil(n / columns)
+    shown_means, cell_width, cell_height = image_cells(means, image_shape, rows, 2 * columns, 0.5)
+    shown_draws, _, _ = image_cells(draws, image_shape, rows, 2 * columns, 0.5)
+    figure = Figure(figsize=(2 * columns * cell_width + 0.6, rows * cell_height + 0.6), dpi=DPI, layout="constrained")
+    for index, (images, name) in enumerate(((shown_means, "decoder means E[x|z]"), (shown_draws, draw_title))):
         axes = figure.add_subplot(1, 2, index + 1)
-        axes.imshow(tile(images, columns, pad_value=0.5), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        _draw(axes, tile(images, columns, pad_value=0.5))
         axes.set_axis_off()
         axes.set_title(name, fontsize=9)
     figure.suptitle("z ~ p(z); the same z in the same place on both sides", fontsize=10)
@@ -236,22 +336,22 @@ def draws_beside_means(
 
 
 def epoch_strip(
-    images: np.ndarray, epochs: Sequence[int], max_rows: int = 30, image_shape: tuple[int, int] = (28, 28)
+    images: np.ndarray, epochs: Sequence[int], max_rows: int = 30, image_shape: Sequence[int] = (1, 28, 28)
 ) -> Figure:
     """One row per epoch, images (E, n, P) in [0, 1] or uint8: the same latent draws decoded after each epoch,
     the epoch numbers on the left; with more than max_rows epochs, max_rows of them evenly spaced, the last included."""
     images, epochs = np.asarray(images), np.asarray(epochs)
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255
     if len(epochs) > max_rows:
         chosen = np.unique(np.linspace(0, len(epochs) - 1, max_rows).round().astype(int))
         images, epochs = images[chosen], epochs[chosen]
     rows, columns = images.shape[:2]
-    mosaic = tile(images.reshape(-1, *image_shape), columns, pad_value=0.5)
-    figure = Figure(figsize=(columns * 0.5 + 0.9, rows * 0.5 + 0.7), dpi=100, layout="constrained")
+    shown, cell_width, cell_height = image_cells(images, image_shape, rows, columns, 0.5)
+    mosaic = tile(shown, columns, pad_value=0.5)
+    figure = Figure(figsize=(columns * cell_width + 0.9, rows * cell_height + 0.7), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
-    _grey_axes(axes, mosaic)
-    axes.set_yticks(_centres(rows, image_shape[0], 2), [str(int(epoch)) for epoch in epochs], fontsize=TICK_FONT + 1)
+    _image_axes(axes, mosaic)
+    height = shown.shape[1]
+    axes.set_yticks(_centres(rows, height, 2), [str(int(epoch)) for epoch in epochs], fontsize=TICK_FONT + 1)
     axes.set_xticks([])
     axes.set_ylabel("epoch")
     axes.set_title(f"the same {columns} draws z ~ p(z), decoded after each epoch", fontsize=10)
@@ -271,28 +371,39 @@ def write_figures(
 ) -> list[Path]:
     """Draw a `vaelab.visualize.Pictures` (and the per-epoch strip (images (E, n, P), epochs (E,)) when it
     has rows) into out_dir as manifold.png, latent_scatter.png, interpolations.png, draws.png and
-    training_strip.png, each written atomically; returns the paths written."""
+    training_strip.png, each written atomically, the images in `pictures.image_shape` (C, H, W); returns the
+    paths written. Inputs that are not an image (image_shape None) get latent_scatter.png alone."""
     out_dir = Path(out_dir)
-    latent = pictures.latent_name
-    figures = {
-        "manifold.png": _manifold_figure(pictures, split),
-        "latent_scatter.png": _scatter_figure(pictures, split, dataset),
-        "interpolations.png": _interpolation_figure(pictures, split),
-        "draws.png": draws_beside_means(
-            pictures.means.numpy(),
-            pictures.draws.numpy(),
-            f"one draw x ~ Bernoulli(E[x|{latent}])"
-            if pictures.likelihood == "bernoulli"
-            else f"one draw x ~ N(E[x|{latent}], σ²I), clipped to [0, 1]",
-        ),
-    }
-    if strip is not None and len(strip[1]):
-        figures["training_strip.png"] = epoch_strip(*strip)
+    shape = pictures.image_shape
+    figures = {"latent_scatter.png": _scatter_figure(pictures, split, dataset)}
+    if shape is not None:
+        figures = {
+            "manifold.png": _manifold_figure(pictures, split),
+            **figures,
+            "interpolations.png": _interpolation_figure(pictures, split),
+            "draws.png": draws_beside_means(
+                pictures.means.numpy(),
+                pictures.draws.numpy(),
+                _draw_title(pictures.likelihood, pictures.latent_name),
+                image_shape=shape,
+            ),
+        }
+        if strip is not None and len(strip[1]):
+            figures["training_strip.png"] = epoch_strip(*strip, image_shape=shape)
     written = []
     for name, figure in figures.items():
         save = figure.savefig
         written.append(atomic_write(out_dir / name, lambda file: save(file, format="png"), what="figure"))
     return written
+
+
+def _draw_title(likelihood: str, latent: str) -> str:
+    if likelihood == "bernoulli":
+        return f"one draw x ~ Bernoulli(E[x|{latent}])"
+    if likelihood == "gaussian":
+        return f"one draw x ~ N(E[x|{latent}], σ²I), clipped to [0, 1]"
+    mixture = " mixture" if likelihood == "logistic-mixture" else ""
+    return f"one draw x ~ p(x|{latent}), a discretized logistic{mixture} on 256 levels"
 
 
 def _manifold_figure(pictures: Any, split: str) -> Figure:
@@ -307,6 +418,7 @@ def _manifold_figure(pictures: Any, split: str) -> Figure:
             rf"$z_2 = \Phi^{{-1}}(p)$, p = {high:.2f} … {low:.2f}",
             "decoder means E[x|z] at quantiles of the prior N(0, 1) in each coordinate\n"
             "(as Kingma & Welling 2013, fig. 4)",
+            image_shape=pictures.image_shape,
         )
     deviations = grid.plane.variances.sqrt()
     ylabel = f"principal coordinate 2 (sd {deviations[1]:.2f})" if len(deviations) > 1 else ""
@@ -318,6 +430,7 @@ def _manifold_figure(pictures: Any, split: str) -> Figure:
         ylabel,
         f"decoder means E[x|{latent}] over the plane of the two leading principal directions\n"
         f"of the {split} images' posterior means, ±2 sd about their mean",
+        image_shape=pictures.image_shape,
     )
 
 
@@ -332,17 +445,23 @@ def _scatter_figure(pictures: Any, split: str, dataset: str) -> Figure:
     else:
         symbol = "z" if latent == "z" else "z^{(1)}"
         xlabel, ylabel, where = f"${symbol}_1$", f"${symbol}_2$", ""
+    labels = pictures.labels.numpy()
+    if dataset == "fashion-mnist":
+        names, legend_title = FASHION_MNIST_CLASSES, "class"
+    elif dataset in ("mnist", "idx"):
+        names, legend_title = tuple(str(digit) for digit in range(10)), "digit"
+    else:  # a folder's or an array's classes, numbered
+        names, legend_title = tuple(str(label) for label in range(int(labels.max(initial=0)) + 1)), "class"
     if pictures.coordinates.shape[1] == 1:
-        ylabel = "class" if dataset == "fashion-mnist" else "digit"
-    fashion = dataset == "fashion-mnist"
+        ylabel = legend_title
     return latent_scatter(
         pictures.coordinates.numpy(),
-        pictures.labels.numpy(),
+        labels,
         xlabel,
         ylabel,
         f"posterior means E_q[{latent}|x] of {count} {split} images{where}",
-        class_names=FASHION_MNIST_CLASSES if fashion else tuple(str(digit) for digit in range(10)),
-        legend_title="class" if fashion else "digit",
+        class_names=names,
+        legend_title=legend_title,
     )
 
 
@@ -356,4 +475,5 @@ def _interpolation_figure(pictures: Any, split: str) -> Figure:
         paths.t.tolist(),
         f"{kind} interpolation in {latent} between the posterior means of pairs of {split} images\n"
         f"(outer columns: the images; between them: decoder means E[x|{latent}(t)])",
+        image_shape=pictures.image_shape,
     )

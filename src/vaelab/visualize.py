@@ -4,7 +4,9 @@ Model and data in, plain tensors out (vaelab.plots turns them into figures, vael
 page): the manifold of decoder means over a plane, the posterior means in that plane,
 interpolations between images, draws beside means, and the per-epoch strip's store
 (RUN/epoch_samples.npz). Latent maps live in the space the likelihood reads,
-h = model.decoder_input(z): z itself with one stochastic layer, z1 with two.
+h = model.decoder_input(z): z itself with one stochastic layer, z1 with two. Images stay flat,
+(..., P) in the model's (C, H, W) channel-first order; `Pictures.image_shape` (the model's
+`spec.shape`) says how to draw them, None for inputs that are not an image.
 """
 
 from __future__ import annotations
@@ -247,8 +249,9 @@ class Pictures:
     interpolations: Interpolations
     means: torch.Tensor  # (n, P) E[x|z], z ~ p(z)
     draws: torch.Tensor  # (n, P) x ~ p(x|z) at the same z
-    likelihood: str  # bernoulli or gaussian
+    likelihood: str  # bernoulli, gaussian, logistic or logistic-mixture
     latent_name: str  # "z", or "z1" when p(x|z) reads the first of two stochastic layers
+    image_shape: tuple[int, int, int] | None  # (C, H, W) of the flat P; None: a flat vector, not an image
 
 
 @torch.no_grad()
@@ -290,6 +293,7 @@ def pictures(
         draws=samples,
         likelihood=model.spec.likelihood,
         latent_name="z" if model.spec.layers == 1 else "z1",
+        image_shape=model.spec.shape,
     )
 
 
@@ -313,34 +317,70 @@ def fixed_samples(model: LatentVariableModel, n: int, seed: int) -> torch.Tensor
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Intensities in [0, 1] (clipped) -> uint8 0..255, rounded."""
+    """Intensities in [0, 1] (clipped) -> uint8 0..255, rounded; any shape, (n, P) for the store."""
     return (images.float().clamp(0.0, 1.0) * 255).round().to(torch.uint8)
 
 
-def read_epoch_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """RUN/epoch_samples.npz -> (images (E, n, P) uint8, epochs (E,) int64); empty arrays when absent."""
-    path = Path(path)
+def square_shape(pixels: int) -> tuple[int, int, int] | None:
+    """The image a flat vector of `pixels` values is taken for without a stated shape: grey (1, s, s) when
+    pixels = s², else None (as ModelSpec.shape)."""
+    side = math.isqrt(pixels)
+    return (1, side, side) if pixels and side * side == pixels else None
+
+
+def _load_epoch_samples(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int] | None]:
     if not path.is_file():
-        return np.zeros((0, 0, 0), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+        return np.zeros((0, 0, 0), dtype=np.uint8), np.zeros(0, dtype=np.int64), None
     try:
         with np.load(path, allow_pickle=False) as saved:
-            return saved["images"], saved["epochs"].astype(np.int64)
+            images, epochs = saved["images"], saved["epochs"].astype(np.int64)
+            if "image_shape" in saved.files:  # empty: a flat vector that is not an image
+                stored = tuple(int(n) for n in saved["image_shape"])
+                shape = stored if len(stored) == 3 else None
+            else:  # written before shapes were stored: grey squares, (1, 28, 28) for MNIST
+                shape = square_shape(images.shape[-1])
     except (OSError, ValueError, KeyError) as error:
         raise VaelabError(f"cannot read {path} ({error}); delete it to start the strip afresh") from None
+    if shape is not None and math.prod(shape) != images.shape[-1]:
+        raise VaelabError(
+            f"cannot read {path}: its image shape {list(shape)} does not hold {images.shape[-1]} values; delete it to "
+            "start the strip afresh"
+        )
+    return images, epochs, shape
 
 
-def append_epoch_samples(path: str | Path, epoch: int, images: torch.Tensor) -> None:
-    """Add one epoch's uint8 images (n, P) to RUN/epoch_samples.npz, replacing any row of this or a later
-    epoch (left by a run interrupted after it and resumed from an earlier checkpoint); written atomically."""
-    saved, epochs = read_epoch_samples(path)
-    keep = epochs < epoch
+def read_epoch_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """RUN/epoch_samples.npz -> (images (E, n, P) uint8, flat in (C, H, W) order, epochs (E,) int64); empty arrays
+    when absent. `epoch_samples_shape` gives the images' shape."""
+    images, epochs, _ = _load_epoch_samples(Path(path))
+    return images, epochs
+
+
+def epoch_samples_shape(path: str | Path) -> tuple[int, int, int] | None:
+    """The image shape (C, H, W) stored in RUN/epoch_samples.npz; a file without one (older runs) holds grey
+    squares (1, s, s) with P = s²; None for a flat vector that is not an image, or no file."""
+    return _load_epoch_samples(Path(path))[2]
+
+
+def append_epoch_samples(
+    path: str | Path, epoch: int, images: torch.Tensor, image_shape: tuple[int, ...] | None = None
+) -> None:
+    """Add one epoch's uint8 images (n, P) of `image_shape` (C, H, W) (None: `square_shape(P)`) to
+    RUN/epoch_samples.npz, replacing any row of this or a later epoch (left by a run interrupted after it and
+    resumed from an earlier checkpoint); written atomically, the shape beside the images."""
     row = images.numpy()[None]  # (1, n, P)
-    if saved.shape[1:] == row.shape[1:]:
+    shape = tuple(int(n) for n in image_shape) if image_shape is not None else square_shape(row.shape[-1])
+    if shape is not None and math.prod(shape) != row.shape[-1]:
+        raise VaelabError(f"epoch samples of {row.shape[-1]} values are not images of shape {list(shape)}")
+    saved, epochs, saved_shape = _load_epoch_samples(Path(path))
+    keep = epochs < epoch
+    if saved.shape[1:] == row.shape[1:] and saved_shape == shape:
         stacked, epochs = np.concatenate((saved[keep], row)), np.concatenate((epochs[keep], [epoch]))
     else:  # no strip yet (or one of another shape, which cannot be continued)
         stacked, epochs = row, np.array([epoch])
+    stored_shape = np.array(shape if shape is not None else (), dtype=np.int64)
     atomic_write(
         path,
-        lambda file: np.savez(file, images=stacked, epochs=epochs.astype(np.int64)),
+        lambda file: np.savez(file, images=stacked, epochs=epochs.astype(np.int64), image_shape=stored_shape),
         what="epoch samples",
     )

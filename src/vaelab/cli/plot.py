@@ -3,7 +3,9 @@
 manifold.png (decoder means over a grid of the latent), latent_scatter.png (posterior means by
 label), interpolations.png, draws.png (draws beside decoder means) and, when the run kept one,
 training_strip.png (the same draws decoded after every epoch). `vaelab train` writes the same
-figures at the end of a run.
+figures at the end of a run. Images are drawn in the model's shape (C, H, W), grey or RGB; a model
+whose inputs are not an image (a flat vector of non-square length without image_shape) gets
+latent_scatter.png only, with a note.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     from vaelab import data
     from vaelab.checkpoint import load_model
-    from vaelab.plots import write_figures
-    from vaelab.visualize import EPOCH_SAMPLES_NAME, pictures, read_epoch_samples
+    from vaelab.plots import NOT_AN_IMAGE, write_figures
+    from vaelab.visualize import EPOCH_SAMPLES_NAME, epoch_samples_shape, pictures, read_epoch_samples
 
     run_dir = Path(args.run_dir)
     check_run_dir(run_dir)
@@ -71,15 +73,20 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise VaelabError(f"cannot create {out}: {error.strerror}; choose another --out") from None
     model, config = load_model(run_dir)
-    split = getattr(data.load_dataset(config.dataset, config.data_dir), args.split)
+    # The images as the run was trained on them (the same size, and the same held-out test part).
+    dataset = data.load_run_dataset(config)
+    split = getattr(dataset, args.split)
     # The model's inputs as in training: its binarization, a dynamic one drawn once as for the test set.
     x = data.binarize(
         data.pixels(split.images[: args.size]), config.binarize, torch.Generator().manual_seed(config.seed + 1)
     )
     seed = config.seed if args.seed is None else args.seed
     arrays = pictures(model, x, split.labels[: args.size], seed=seed, spherical=args.spherical)
-    written = write_figures(
-        arrays, out, strip=read_epoch_samples(run_dir / EPOCH_SAMPLES_NAME), split=args.split, dataset=config.dataset
-    )
+    if arrays.image_shape is None:
+        print(NOT_AN_IMAGE.format(pixels=model.spec.input_dim))
+    samples = run_dir / EPOCH_SAMPLES_NAME
+    # A strip of another shape than the model's (a file from another run) is left out rather than misdrawn.
+    strip = read_epoch_samples(samples) if epoch_samples_shape(samples) == arrays.image_shape else None
+    written = write_figures(arrays, out, strip=strip, split=args.split, dataset=config.dataset)
     print(f"wrote {out}/{{{','.join(path.name for path in written)}}}")
     return 0

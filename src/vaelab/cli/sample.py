@@ -40,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
         raise VaelabError(f"directory {out.parent} does not exist; create it or choose another --out")
     model, _ = load_model(args.checkpoint)
     images = sample_means(model, args.n, torch.Generator().manual_seed(args.seed)).numpy()
-    image_grid(images, args.columns, title=f"{args.n} samples, seed {args.seed}").savefig(out)
+    if model.spec.shape is None:
+        raise VaelabError(
+            f"the model's {model.spec.input_dim} inputs are not an image (no image_shape, not a square); "
+            "train it with an image shape to draw samples"
+        )
+    image_grid(images, args.columns, title=f"{args.n} samples, seed {args.seed}", image_shape=model.spec.shape).savefig(
+        out
+    )
     print(f"wrote {out}")
     return 0

@@ -23,6 +23,7 @@ from vaelab.config import (
     LR_SCHEDULES,
     DATASETS,
     LIKELIHOODS,
+    NETWORKS,
     OBJECTIVES,
     PRECISIONS,
     DENORMALS,
@@ -63,6 +64,8 @@ FIXED_ON_RESUME = (
     "train_size",
     "test_size",
     "validation_size",
+    "image_size",
+    "test_fraction",
     "model",
     "objective",
 )
@@ -89,8 +92,21 @@ RUN_FIELDS = (
     "lr_schedule",
     "lr_final",
     "max_seconds",
+    "image_size",
+    "test_fraction",
 )
-MODEL_FIELDS = ("input_dim", "depth", "activation", "prior", "pseudo_inputs", "likelihood", "likelihood_std")
+MODEL_FIELDS = (
+    "input_dim",
+    "depth",
+    "activation",
+    "prior",
+    "pseudo_inputs",
+    "likelihood",
+    "likelihood_std",
+    "network",
+    "channels",
+    "mixture_components",
+)
 OBJECTIVE_FIELDS = {"objective": "name", "k": "k", "beta": "beta", "warmup_epochs": "warmup_epochs"}
 
 
@@ -114,14 +130,30 @@ def add_parser(subparsers: Any) -> None:
         "--dataset",
         choices=DATASETS,
         default=None,
-        help="data set; idx = your own IDX files in --data-dir, checked for structure only (default: "
-        f"{defaults.dataset})",
+        help="data set; idx = your own IDX files of any size in --data-dir, checked for structure only; folder = "
+        "a directory of PNG/JPEG images (class subfolders become labels; train/ and test/ subfolders the splits); "
+        f"array = a .npy/.npz of uint8 (N, H, W[, C]) images (default: {defaults.dataset})",
     )
     run.add_argument(
         "--data-dir",
         default=None,
-        help="directory of IDX files (raw or .gz, or torchvision's MNIST/raw layout); default: the cache, fetched "
-        "when missing",
+        help="directory of IDX files (raw or .gz, or torchvision's MNIST/raw layout), of images (--dataset folder), "
+        "or the .npy/.npz file (--dataset array); default: the cache, fetched when missing",
+    )
+    run.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="folder/array/idx: resize the shorter side to S and centre-crop S x S; 0 = as stored, one size for all "
+        "(default: 0)",
+    )
+    run.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="folder/array without train/ and test/ parts: hold out this seeded fraction for testing (default: 0)",
     )
     run.add_argument(
         "--epochs",
@@ -264,7 +296,25 @@ def add_parser(subparsers: Any) -> None:
         metavar="H",
         help=f"MLP width per stochastic layer; one value serves every layer (default: {model.hidden[0]})",
     )
-    spec.add_argument("--depth", type=int, default=None, help=f"hidden layers in every MLP (default: {model.depth})")
+    spec.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default=None,
+        help="the networks next to the image: mlp, conv (strided 3x3 convolutions), or resnet (residual cells at each "
+        "resolution); the z1-z2 networks of two layers stay MLPs (default: mlp)",
+    )
+    spec.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        help=f"conv/resnet: channels after the first halving, doubled at each next one (default: {model.channels})",
+    )
+    spec.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help=f"hidden layers in every MLP; conv/resnet: blocks per resolution (default: {model.depth})",
+    )
     spec.add_argument(
         "--activation", choices=ACTIVATION_NAMES, default=None, help=f"hidden activation (default: {model.activation})"
     )
@@ -281,7 +331,15 @@ def add_parser(subparsers: Any) -> None:
         "--likelihood",
         choices=LIKELIHOODS,
         default=None,
-        help="p(x|z): bernoulli, or gaussian with a fixed std (default: bernoulli)",
+        help="p(x|z): bernoulli (binary or grey-level targets), gaussian with a fixed std, or for 8-bit pixels the "
+        "discretized logistic (logistic) or its mixture (logistic-mixture, PixelCNN++), reported in bits/dim too "
+        "(default: bernoulli)",
+    )
+    spec.add_argument(
+        "--mixture-components",
+        type=int,
+        default=None,
+        help=f"logistic-mixture: logistics per pixel (default: {model.mixture_components})",
     )
 
     goal = parser.add_argument_group("objective (docs/derivations.md)")
@@ -442,10 +500,15 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     config = from_dict(TrainConfig, config_dict)
     resume_state = checkpoint.load(run_dir) if args.resume else None
 
-    # --- data: rank 0 fetches into the cache first, the others then read the cache -------------
-    dataset = main_rank_first(lambda: data.load_dataset(config.dataset, config.data_dir), distributed)
-    train_x = data.pixels(_first(dataset.train.images, config.train_size))
-    test_x = data.pixels(_first(dataset.test.images, config.test_size))
+    # --- data: rank 0 fetches (or converts) into the cache first, the others then read the cache --
+    dataset = main_rank_first(
+        lambda: data.load_run_dataset(config, progress=distributed.is_main and not args.no_progress),
+        distributed,
+    )
+    config = _fit_to_data(config, dataset, resuming=args.resume)
+    # uint8 images as stored (the cache is memory-mapped); the loop scales each batch to [0, 1]
+    train_x = _first(dataset.train.images, config.train_size)
+    test_x = _first(dataset.test.images, config.test_size)
     check_inputs(config, train_x, test_x)
 
     # --- only now, with every input checked, touch the run directory --------------------------
@@ -493,7 +556,9 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
         )
         return 130
     test_labels = _first(dataset.test.labels, config.test_size)
-    written = _write_pictures(result.model, result.history, test_x, run_dir, config, labels=test_labels)
+    written = _write_pictures(
+        result.model, result.history, data.pixels(test_x[:SCATTER_SIZE]), run_dir, config, labels=test_labels
+    )
     last = result.history[-1]
     if result.stopped in ("early", "budget"):
         why = (
@@ -513,6 +578,30 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
         f"{run_dir}/{{metrics.csv,checkpoint.pt,{','.join(written)}}}"
     )
     return 0
+
+
+def _fit_to_data(config: TrainConfig, dataset: Any, resuming: bool) -> TrainConfig:
+    """The config with the model shaped for the data (C, H, W) and the data's digests recorded.
+
+    A new run takes the images' shape where it differs from the spec's; a resumed run must meet
+    the data it was trained on, byte for byte where it recorded the digest.
+    """
+    shape = tuple(dataset.image_shape)
+    digests = {
+        "data_digest": getattr(dataset, "cache_digest", ""),
+        "source_digest": getattr(dataset, "source_digest", ""),
+    }
+    if resuming:
+        if config.data_digest and digests["data_digest"] and config.data_digest != digests["data_digest"]:
+            raise VaelabError(
+                f"the data differs from the run's: cache digest {digests['data_digest'][:12]}... against the recorded "
+                f"{config.data_digest[:12]}...; resume with the same images, or start a new --out"
+            )
+        return config
+    model = config.model
+    if model.shape != shape:
+        model = dataclasses.replace(model, image_shape=shape, input_dim=math.prod(shape))
+    return dataclasses.replace(config, model=model, **{k: v for k, v in digests.items() if v})
 
 
 def _first(tensor: Any, n: int) -> Any:
@@ -551,29 +640,37 @@ def _write_pictures(
     model: Any, history: list[dict[str, float]], test_x: Any, run_dir: Path, config: TrainConfig, labels: Any
 ) -> list[str]:
     """The finished run's pictures: samples, reconstructions and loss curves, then `vaelab plot`'s figures
-    from the first SCATTER_SIZE test images; returns the names written."""
+    from the first SCATTER_SIZE test images, drawn in the model's image shape (C, H, W); inputs that are not an
+    image get the loss curves and the latent scatter only, and a note saying so. Returns the names written."""
     import torch
 
     from vaelab import data
     from vaelab.models import reconstruct_means, sample_means
-    from vaelab.plots import image_grid, loss_curves, reconstruction_grid, write_figures
+    from vaelab.plots import NOT_AN_IMAGE, image_grid, loss_curves, reconstruction_grid, write_figures
     from vaelab.visualize import EPOCH_SAMPLES_NAME, pictures, read_epoch_samples
 
     model = model.cpu().eval()
-    generator = torch.Generator().manual_seed(config.seed)
-    samples = sample_means(model, 64, generator).numpy()
-    image_grid(samples, 8, title="decoder means for z ~ p(z)").savefig(run_dir / "samples.png")
-    originals = test_x[:32].cpu()
-    reconstruction_grid(originals.numpy(), reconstruct_means(model, originals).numpy()).savefig(
-        run_dir / "reconstructions.png"
-    )
+    shape = model.spec.shape  # (C, H, W), or None for a flat vector that is not an image
+    names = []
+    if shape is not None:
+        generator = torch.Generator().manual_seed(config.seed)
+        samples = sample_means(model, 64, generator).numpy()
+        image_grid(samples, 8, title="decoder means for z ~ p(z)", image_shape=shape).savefig(run_dir / "samples.png")
+        originals = test_x[:32].cpu()
+        reconstructions = reconstruct_means(model, originals).numpy()
+        reconstruction_grid(originals.numpy(), reconstructions, image_shape=shape).savefig(
+            run_dir / "reconstructions.png"
+        )
+        names = ["samples.png", "reconstructions.png"]
+    else:
+        print(NOT_AN_IMAGE.format(pixels=model.spec.input_dim))
     loss_curves(history).savefig(run_dir / "loss.png")
     # The model's inputs as in training (a dynamic binarization drawn once, as the loop draws the test set).
     x = data.binarize(test_x[:SCATTER_SIZE].cpu(), config.binarize, torch.Generator().manual_seed(config.seed + 1))
     arrays = pictures(model, x, labels[:SCATTER_SIZE], seed=config.seed)
     strip = read_epoch_samples(run_dir / EPOCH_SAMPLES_NAME)
     figures = write_figures(arrays, run_dir, strip=strip, dataset=config.dataset)
-    return ["samples.png", "reconstructions.png", "loss.png", *(path.name for path in figures)]
+    return [*names, "loss.png", *(path.name for path in figures)]
 
 
 def _require_tensorboard() -> None:
@@ -587,7 +684,8 @@ def _require_tensorboard() -> None:
 class _EpochRecorder:
     """The on_epoch hook (rank 0): decode the same STRIP_SAMPLES draws z ~ p(z) (a generator seeded with the
     run's seed, never the global ones) and append them to RUN/epoch_samples.npz; with TensorBoard, also log
-    the epoch's metrics (every field of the row but the epoch) and that row of samples."""
+    the epoch's metrics (every field of the row but the epoch) and that row of samples (grey "HW" or colour
+    "HWC" in the model's image shape; none for inputs that are not an image)."""
 
     def __init__(self, run_dir: Path, seed: int, tensorboard: bool = False) -> None:
         self.run_dir, self.seed = run_dir, seed
@@ -598,19 +696,20 @@ class _EpochRecorder:
             self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
 
     def __call__(self, row: dict[str, float], model: Any) -> None:
-        from vaelab.plots import tile
+        from vaelab.plots import display_images, tile
         from vaelab.visualize import EPOCH_SAMPLES_NAME, STRIP_SAMPLES, append_epoch_samples, fixed_samples, to_uint8
 
         epoch = int(row["epoch"])
+        shape = model.spec.shape  # (C, H, W), or None for a flat vector that is not an image
         images = to_uint8(fixed_samples(model, STRIP_SAMPLES, self.seed))  # (n, P)
-        append_epoch_samples(self.run_dir / EPOCH_SAMPLES_NAME, epoch, images)
+        append_epoch_samples(self.run_dir / EPOCH_SAMPLES_NAME, epoch, images, image_shape=shape)
         if self.writer is not None:
             for name, value in row.items():
                 if name != "epoch" and math.isfinite(value):  # NaN marks a measure the run does not take
                     self.writer.add_scalar(name, value, epoch)
-            side = int(images.shape[1] ** 0.5)
-            strip = tile(images.reshape(-1, side, side).numpy() / 255, STRIP_SAMPLES, pad_value=0.5)
-            self.writer.add_image("samples", strip, epoch, dataformats="HW")
+            if shape is not None:
+                strip = tile(display_images(images.numpy(), shape), STRIP_SAMPLES, pad_value=0.5)  # (h, w[, 3])
+                self.writer.add_image("samples", strip, epoch, dataformats="HW" if strip.ndim == 2 else "HWC")
             self.writer.flush()
 
     def close(self) -> None:

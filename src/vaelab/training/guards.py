@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vaelab.config import TrainConfig
+from vaelab.config import DISCRETE_LIKELIHOODS, TrainConfig
 from vaelab.distributed import Distributed, agree
 from vaelab.errors import VaelabError
 
@@ -78,13 +78,30 @@ def check_inputs(config: TrainConfig, train_x: torch.Tensor, test_x: torch.Tenso
         raise VaelabError(
             f"--batch-size {config.batch_size} exceeds the {n_train} training images; use a smaller batch"
         )
-    if train_x.shape[1] != config.model.input_dim:
-        raise VaelabError(
-            f"the data has {train_x.shape[1]} pixels per image but the model expects {config.model.input_dim}"
-        )
-    if config.model.likelihood == "bernoulli":
+    pixels = math.prod(train_x.shape[1:])
+    if pixels != config.model.input_dim:
+        raise VaelabError(f"the data has {pixels} pixels per image but the model expects {config.model.input_dim}")
+    if train_x.dtype == torch.uint8:  # 8-bit images as stored: in range, and on the 256 levels, by type
+        return
+    if config.model.likelihood in ("bernoulli", *DISCRETE_LIKELIHOODS):
         check_pixels(train_x, "training")
         check_pixels(test_x, "test")
+    if config.model.likelihood in DISCRETE_LIKELIHOODS and config.binarize == "none":
+        check_levels(train_x, "training")
+        check_levels(test_x, "test")
+
+
+def check_levels(x: torch.Tensor, name: str) -> None:
+    """An 8-bit likelihood is a pmf over the levels v / 255: pixels (N, P) must lie on them."""
+    if x.numel() == 0:
+        return
+    offset = (x * 255 - torch.round(x * 255)).abs()  # (N, P)
+    if float(offset.max()) > 1e-3:
+        image = int((offset > 1e-3).any(dim=1).nonzero()[0])
+        raise VaelabError(
+            f"{name} image {image} has pixels between the 256 levels v/255 that the --likelihood "
+            "logistic/logistic-mixture pmf is defined on; pass uint8 images (or round to v/255), or use bernoulli"
+        )
 
 
 def check_pixels(x: torch.Tensor, name: str) -> None:

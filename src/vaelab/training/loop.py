@@ -25,6 +25,7 @@ from vaelab import checkpoint
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.distributed import Distributed, agree, all_reduce_sum, pick_device, share
+from vaelab.distributions import bits_per_dim
 from vaelab.evaluation.units import negative_elbo
 from vaelab.kernels import Runtime, training_kernel
 from vaelab.models.base import LatentVariableModel
@@ -67,7 +68,9 @@ def train(
 ) -> TrainResult:
     """Minimise the objective (summed over each batch, as the PyTorch example) with Adam.
 
-    train_x (N, P), test_x (M, P): float pixels in [0, 1]; with `config.validation_size` V the last
+    train_x (N, P), test_x (M, P): float pixels in [0, 1], or uint8 images (N, [C,] H, W) as stored (a
+    memory-mapped cache stays on disk: each batch is gathered and scaled by 1/255 on its own, so a set
+    larger than memory trains); with `config.validation_size` V the last
     V training images are held out for model selection. Writes `metrics.csv` and the checkpoint
     into `run_dir` (rank 0 only) after every epoch, and `best.pt` whenever the validation -ELBO
     improves; `resume_state` is a loaded checkpoint to continue from; `on_epoch(row, model)` is
@@ -90,8 +93,9 @@ def train(
     else:
         state = TrainState.resume(config, resume_state, device, distributed)
     model, optimizer, generator = state.model, state.optimizer, state.generator
+    stored_8bit = train_x.dtype == torch.uint8  # batches are scaled to [0, 1] as they are gathered
     train_x, test_x, valid_x = _prepare_targets(
-        config, train_x.to(device), test_x.to(device), valid_x.to(device), device
+        config, train_x.to(device), as_pixels(test_x).to(device), as_pixels(valid_x).to(device), device
     )
     runtime = Runtime(distributed.world_size, config.autograd, config.detect_anomaly, config.precision, device.type)
     kernel = training_kernel(config.model, config.objective, runtime)
@@ -110,6 +114,8 @@ def train(
     samples, latent_dim = config.objective.k, config.model.latent_dim
     read_every = LOSS_READ_EVERY.get(device.type, LOSS_READ_EVERY_ELSEWHERE)
     result = TrainResult(model=model, history=state.history, checkpoint_path=checkpoint_path)
+    # bits per dimension apply where p(x|z) is a normalised pmf of the pixels the loss sees
+    in_bits = model.likelihood.discrete_8bit or (model.likelihood.kind == "bernoulli" and config.binarize != "none")
 
     with StopRequest() as stop, anomaly, denormals_flushed(config.denormals == "flush"):
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -131,6 +137,10 @@ def train(
                 # --- batch: the global batch is drawn identically on every rank; each takes a share
                 indices = permutation[step * config.batch_size : (step + 1) * config.batch_size]
                 x = train_x.index_select(0, indices)  # (B, P); 5x faster than train_x[indices] on CPU
+                if stored_8bit:
+                    x = as_pixels(x)
+                    if config.binarize == "threshold":
+                        x = (x > 0.5).to(x.dtype)
                 eps = torch.randn(samples, x.shape[0], latent_dim, generator=generator, device=device)  # (k, B, D)
                 if config.binarize == "dynamic":
                     x = torch.bernoulli(x, generator=generator)
@@ -195,6 +205,7 @@ def train(
                 "train_kl": train_kl,
                 "valid_loss": valid_loss,
                 "lr": optimizer.param_groups[0]["lr"],
+                "test_bpd": bits_per_dim(test_rec + test_kl, config.model.input_dim) if in_bits else math.nan,
             }
             state.history.append(row)
             state.running.zero_()
@@ -209,7 +220,7 @@ def train(
             if distributed.is_main:  # the per-epoch line, with or without the progress bar
                 tqdm.write(
                     f"epoch {epoch:3d}  train {row['train_loss']:8.3f}  test {row['test_loss']:8.3f} "
-                    f"(rec {test_rec:8.3f} + KL {test_kl:6.3f}) nats/image  {seconds:6.2f} s"
+                    f"(rec {test_rec:8.3f} + KL {test_kl:6.3f}) nats/image{bits_text(row, in_bits)}  {seconds:6.2f} s"
                 )
                 if on_epoch is not None:
                     on_epoch(row, model)
@@ -230,6 +241,18 @@ def train(
     return result
 
 
+def bits_text(row: dict[str, float], in_bits: bool) -> str:
+    """The per-epoch line's bits/dim, where they apply."""
+    return f" = {row['test_bpd']:.4f} bits/dim" if in_bits else ""
+
+
+def as_pixels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, [C,] H, W) -> float32 (N, P) = value / 255 (vaelab.data.pixels); float (N, P) unchanged."""
+    if x.dtype != torch.uint8:
+        return x
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])).float() / 255  # no -1: an empty split has no size to infer
+
+
 def split_validation(config: TrainConfig, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(training images, validation images): the last `config.validation_size` of train_x (N, P) held out."""
     held_out = config.validation_size
@@ -246,8 +269,9 @@ def _prepare_targets(
     """The pixel targets: thresholded once, or (dynamic) the test and validation sets drawn once
     (seeds seed + 1 and seed + 2) so that their losses are comparable across epochs; the training
     images are drawn afresh at every step."""
-    if config.binarize == "threshold":
-        return tuple((x > 0.5).to(x.dtype) for x in (train_x, test_x, valid_x))
+    if config.binarize == "threshold":  # stored 8-bit training images are thresholded batch by batch
+        keep = train_x.dtype == torch.uint8
+        return tuple(x if keep and x is train_x else (x > 0.5).to(x.dtype) for x in (train_x, test_x, valid_x))
     if config.binarize == "dynamic":
         test_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         valid_generator = torch.Generator(device=device).manual_seed(config.seed + 2)

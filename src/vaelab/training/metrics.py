@@ -12,7 +12,8 @@ from vaelab.io import atomic_write
 METRICS_NAME = "metrics.csv"
 # train_loss is the objective's own value (-ELBO, -β-ELBO or -L_k); test_loss is always the
 # one-sample -ELBO with the run's seed, comparable across objectives and epochs.
-# valid_loss is the validation -ELBO with --validation-size (nan without).
+# valid_loss is the validation -ELBO with --validation-size (nan without). test_bpd is test_loss in bits per
+# dimension where the likelihood is a normalised pmf of the pixels (8-bit logistic, Bernoulli on binary data).
 METRICS_COLUMNS = (
     "epoch",
     "train_loss",
@@ -24,6 +25,7 @@ METRICS_COLUMNS = (
     "train_kl",
     "valid_loss",
     "lr",
+    "test_bpd",
 )
 
 
