@@ -24,6 +24,8 @@ from vaelab.errors import VaelabError
 from vaelab.io import atomic_write
 
 EVAL_NAME = "eval.json"
+PARTIAL_PREFIX = "eval.partial-"  # finished shards of an evaluation in progress, removed once eval.json is written
+SHARD_IMAGES = 500
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active when Cov_x(E_q[z_u]) > 0.01
 
 
@@ -75,29 +77,35 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--threads", type=int, default=defaults.threads, help="CPU threads; 0 = torch's default")
     parser.add_argument("--out", default=None, help="directory for eval.json (default: the checkpoint's run directory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--shard-images",
+        type=int,
+        default=SHARD_IMAGES,
+        help="images per shard: each finished shard is kept, so a killed evaluation resumes from the shards done, "
+        "and torchrun's ranks share the shards",
+    )
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)  # overrides the training run's data_dir
     parser.set_defaults(func=run)
 
 
 def load_split(train_config: TrainConfig, split: str, data_dir: str | None) -> torch.Tensor:
-    """The split's uint8 images (N, 28, 28) of the data set the model was trained on."""
+    """The split's uint8 images (N, [C,] H, W) of the data set the model was trained on, converted as it was."""
     from vaelab import data
 
-    dataset = data.load_dataset(train_config.dataset, data_dir if data_dir is not None else train_config.data_dir)
+    dataset = data.load_run_dataset(train_config, data_dir)
     return getattr(dataset, split).images
 
 
-def run(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) -> int:
     """Evaluate the checkpoint; print the table; write eval.json atomically. Returns the exit status."""
+    import torch.distributed as dist
+    from tqdm import tqdm
+
     from vaelab import checkpoint, data
     from vaelab.checkpoint import load_model
-    from vaelab.distributed import pick_device
-    from vaelab.evaluation import (
-        active_units,
-        importance_weighted_evaluation,
-        laplace_evidence,
-        laplace_importance_sampling,
-    )
+    from vaelab.distributions import bits_per_dim
+    from vaelab.evaluation import active_units
+    from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard, merge_shards, shard_ranges
 
     config = EvaluateConfig(
         checkpoint=args.checkpoint,
@@ -112,10 +120,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
+    if args.shard_images < 1:
+        raise VaelabError(f"--shard-images must be >= 1 (got {args.shard_images})")
     checkpoint_path = checkpoint.resolve(config.checkpoint)
     out_dir = Path(args.out) if args.out else checkpoint_path.parent
     model, train_config = load_model(checkpoint_path)
-    device = pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     model = model.to(device)
@@ -129,12 +138,12 @@ def run(args: argparse.Namespace) -> int:
                 "smaller --size or 0 for all"
             )
         images = images[: config.size]
-    x = data.pixels(images)
+    x = data.pixels(images)  # (N, P) in (C, H, W) order
     if x.shape[1] != model.spec.input_dim:
         raise VaelabError(f"the data has {x.shape[1]} pixels per image but the model expects {model.spec.input_dim}")
     mode = train_config.binarize if config.binarize == "auto" else config.binarize
     x = data.binarize(x, mode, torch.Generator().manual_seed(config.seed))
-    if mode == "none":
+    if mode == "none" and not model.likelihood.discrete_8bit:
         print(
             "warning: grey-level targets: a Bernoulli likelihood on pixels in (0, 1) is not a normalised density, "
             "so these 'log-likelihoods' are not comparable with published binarized-MNIST figures",
@@ -146,59 +155,74 @@ def run(args: argparse.Namespace) -> int:
         f"{device}, {torch.get_num_threads()} threads"
     )
 
-    # --- estimators ------------------------------------------------------------------------------
-    iwae = importance_weighted_evaluation(
-        model,
-        x,
-        config.ks,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        device=device,
-        progress=not args.no_progress,
+    # --- estimators, shard by shard: done shards are kept on disk, each rank takes its share -----
+    plan = ShardPlan(tuple(config.ks), config.seed, config.laplace, config.laplace_k, config.batch_size)
+    fingerprint = _fingerprint(checkpoint_path, config, mode, x.shape[0], args.shard_images)
+    store = ShardStore(out_dir / f"{PARTIAL_PREFIX}{fingerprint[:16]}", fingerprint)
+    shards = shard_ranges(x.shape[0], args.shard_images)
+    mine = shards[distributed.rank :: distributed.world_size]
+    todo = [shard for shard in mine if not store.has(shard)]
+    if distributed.is_main and len(todo) < len(mine):
+        done = sum(len(shard) for shard in mine if shard not in todo)
+        print(f"resuming: {done} images already evaluated in {store.directory}")
+    bar = tqdm(
+        total=sum(len(shard) for shard in mine),
+        initial=sum(len(shard) for shard in mine if shard not in todo),
+        desc=f"evaluate (L_{max(config.ks)}{', Laplace' if config.laplace else ''})",
+        unit="image",
+        disable=args.no_progress or not distributed.is_main,
+        mininterval=1.0,
     )
+    for shard in todo:
+        store.save(shard, evaluate_shard(model, x[shard.start : shard.stop], shard.start, plan, device))
+        bar.update(len(shard))
+    bar.close()
+    if dist.is_initialized():
+        dist.barrier()  # every shard is on disk
+    if not distributed.is_main:
+        return 0
+    merged = merge_shards([store.load(shard) for shard in shards])
+    found = estimates(merged, config.ks)
     active, variances = active_units(model, x, ACTIVE_THRESHOLD)
-    laplace = laplace_is = None
-    if config.laplace:
-        laplace = laplace_evidence(model, x, device=device, progress=not args.no_progress)
-        laplace_is = laplace_importance_sampling(
-            model,
-            x,
-            config.laplace_k,
-            seed=config.seed,
-            z_star=laplace.z_star,
-            neg_hessian=laplace.neg_hessian,
-            device=device,
-        )
+    laplace = found.get("laplace")
+    laplace_is = found.get("laplace_is")
+    unconverged = int(merged["unconverged"]) if laplace is not None else 0
+    indefinite = int(merged["indefinite"]) if laplace is not None else 0
 
     # --- report ----------------------------------------------------------------------------------
-    rows = [(f"L_{k}" + (" (ELBO)" if k == 1 else ""), estimate) for k, estimate in iwae.bounds.items()]
+    rows = [(f"L_{k}" + (" (ELBO)" if k == 1 else ""), found[f"L_{k}"]) for k in config.ks]
     kl_how = (
         "analytic"
         if model.analytic_kl(model.posterior(x[:1].to(device))) is not None
         else f"mean of {max(config.ks)} draws"
     )
-    rows.append((f"ELBO, KL {'analytic' if kl_how == 'analytic' else 'sampled'}", iwae.elbo))
+    rows.append((f"ELBO, KL {'analytic' if kl_how == 'analytic' else 'sampled'}", found["elbo"]))
     if laplace is not None and laplace_is is not None:
-        rows.append(("Laplace", laplace.estimate))
+        rows.append(("Laplace", laplace))
         rows.append((f"Laplace-IS, k={config.laplace_k}", laplace_is))
-    print(f"\n{'estimate of log p(x)':<24}{'nats/image':>12}{'stderr':>9}{'seconds':>10}")
+    # bits per dimension: -log2 p(x) / P, for a normalised pmf over the pixels' values (8-bit or binary)
+    dims = model.spec.input_dim
+    normalised = model.likelihood.discrete_8bit or (model.likelihood.kind == "bernoulli" and mode != "none")
+    print(f"\n{'estimate of log p(x)':<24}{'nats/image':>12}{'stderr':>9}{'bits/dim':>10}{'seconds':>10}")
     for name, estimate in rows:
-        print(f"{name:<24}{estimate.mean:>12.3f}{estimate.stderr:>9.3f}{estimate.seconds:>10.1f}")
+        bits = f"{bits_per_dim(-estimate.mean, dims):>10.4f}" if normalised else f"{'-':>10}"
+        print(f"{name:<24}{estimate.mean:>12.3f}{estimate.stderr:>9.3f}{bits}{estimate.seconds:>10.1f}")
     print(
-        f"\n-ELBO = reconstruction {iwae.reconstruction.mean:.3f} + KL {iwae.kl.mean:.3f} nats/image "
+        f"\n-ELBO = reconstruction {found['reconstruction'].mean:.3f} + KL {found['kl'].mean:.3f} nats/image "
         f"(reconstruction averaged over the {max(config.ks)} draws; KL {kl_how})"
     )
     print(f"active units: {active} of {model.latent_dim} (Cov_x E_q[z_u] > {ACTIVE_THRESHOLD})")
     if laplace is not None:
         print(
-            f"Laplace: Newton stopped short of a smooth maximum (a ReLU ridge) for {laplace.unconverged} of "
+            f"Laplace: Newton stopped short of a smooth maximum (a ReLU ridge) for {unconverged} of "
             f"{x.shape[0]} images; "
-            f"-H was not positive definite (replaced by |-H|) for {laplace.indefinite}; "
+            f"-H was not positive definite (replaced by |-H|) for {indefinite}; "
             "Laplace-IS time excludes the shared mode search"
         )
     print(
         "L_k for every k reuses the first k samples of one draw of max(k); L_k's seconds count the encoder and "
         "those k samples only"
+        + (f"; {distributed.world_size} processes, seconds summed over them" if distributed.world_size > 1 else "")
     )
 
     result = {
@@ -211,16 +235,26 @@ def run(args: argparse.Namespace) -> int:
         "binarization_seed": config.seed if mode == "dynamic" else None,
         "seed": config.seed,
         "units": "nats per image; mean over images, stderr = std over images / sqrt(n)",
-        "iwae": [{"k": k, **_plain(estimate)} for k, estimate in iwae.bounds.items()],
-        "elbo": _plain(iwae.elbo),
-        "reconstruction": _plain(iwae.reconstruction),
-        "kl": _plain(iwae.kl),
+        "dims": dims,
+        "bits_per_dim": (
+            {
+                **{f"L_{k}": bits_per_dim(-found[f"L_{k}"].mean, dims) for k in config.ks},
+                **({} if laplace is None else {"laplace": bits_per_dim(-laplace.mean, dims)}),
+                **({} if laplace_is is None else {"laplace_is": bits_per_dim(-laplace_is.mean, dims)}),
+            }
+            if normalised
+            else None
+        ),
+        "iwae": [{"k": k, **_plain(found[f"L_{k}"])} for k in config.ks],
+        "elbo": _plain(found["elbo"]),
+        "reconstruction": _plain(found["reconstruction"]),
+        "kl": _plain(found["kl"]),
         "laplace": None
         if laplace is None
         else {
-            **_plain(laplace.estimate),
-            "unconverged": laplace.unconverged,
-            "indefinite": laplace.indefinite,
+            **_plain(laplace),
+            "unconverged": unconverged,
+            "indefinite": indefinite,
         },
         "laplace_is": None if laplace_is is None else {"k": config.laplace_k, **_plain(laplace_is)},
         "active_units": active,
@@ -232,8 +266,82 @@ def run(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
     }
     path = _write_json_atomic(out_dir, result)
+    store.remove()  # the shards are in eval.json now
     print(f"wrote {path}")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate under torchrun or alone; every rank exits cleanly, also on an error."""
+    import torch.distributed as dist
+
+    from vaelab.distributed import setup_distributed
+
+    distributed, device = setup_distributed(args.device)
+    try:
+        return _evaluate(args, distributed, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _fingerprint(checkpoint_path: Path, config: EvaluateConfig, mode: str, images: int, shard_images: int) -> str:
+    """What the shards on disk must have been computed for: the checkpoint's bytes and every setting that moves
+    a per-image value (a mismatch starts afresh in another directory)."""
+    settings = {
+        "checkpoint_sha256": _sha256(checkpoint_path),
+        "ks": list(config.ks),
+        "seed": config.seed,
+        "split": config.split,
+        "binarize": mode,
+        "images": images,
+        "laplace": config.laplace,
+        "laplace_k": config.laplace_k,
+        "batch_size": config.batch_size,
+        "shard_images": shard_images,
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+class ShardStore:
+    """Finished shards as files, DIR/shard-<first image>.pt, each written atomically with the fingerprint inside:
+    a kill leaves whole shards or none, and a shard from other settings is never read."""
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.directory, self.fingerprint = directory, fingerprint
+
+    def _path(self, shard: range) -> Path:
+        return self.directory / f"shard-{shard.start:09d}-{shard.stop:09d}.pt"
+
+    def has(self, shard: range) -> bool:
+        try:
+            self.load(shard)
+        except (OSError, RuntimeError, KeyError, EOFError, ValueError):
+            return False
+        return True
+
+    def load(self, shard: range) -> dict[str, torch.Tensor]:
+        saved = torch.load(self._path(shard), map_location="cpu", weights_only=True)
+        if saved["fingerprint"] != self.fingerprint:
+            raise ValueError("a shard of other settings")
+        return saved["values"]
+
+    def save(self, shard: range, values: dict[str, torch.Tensor]) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({"fingerprint": self.fingerprint, "values": values}, buffer)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise VaelabError(f"cannot create {self.directory}: {error.strerror}; choose a writable --out") from None
+        atomic_write(self._path(shard), buffer.getvalue(), what="evaluation shard")
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _plain(estimate: Any) -> dict[str, float | None]:

@@ -277,12 +277,16 @@ def laplace_importance_sampling(
     neg_hessian: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    first_image: int = 0,
+    per_image: torch.Tensor | None = None,
 ) -> Estimate:
     """log (1/k) Σ_i p(x, z_i)/q(z_i), z_i ~ q = N(z*, (-H)^{-1}), over x (N, P): nats per image.
 
     Like L_k a stochastic lower bound on log p(x) in expectation, but with the Laplace Gaussian as
     the proposal; exact with zero variance when the posterior is Gaussian. The mode comes from
     `laplace_evidence` unless z_star and neg_hessian are given; `seconds` counts only this call.
+    x's image i draws the noise of image `first_image + i` (shards give each image the whole pass's
+    value); `per_image`, an (N,) float64 tensor, receives the per-image estimates when given.
     """
     if k < 1:
         raise VaelabError(f"--laplace-k must be >= 1 (got {k})")
@@ -303,9 +307,12 @@ def laplace_importance_sampling(
         mode_neg_hessian = neg_hessian[index.start : index.stop].to(device, torch.float64)
         accumulator = PrefixLogMeanExp([k], len(index), device)
         for start in range(0, k, samples):
-            eps = noise.draw(index, start, min(start + samples, k)).double()  # (b, c, D)
+            shard = range(index.start + first_image, index.stop + first_image)
+            eps = noise.draw(shard, start, min(start + samples, k)).double()  # (b, c, D)
             z, log_q = laplace_proposal(mode_z, mode_neg_hessian, eps)  # (b, c, D), (b, c)
             log_joint = weights.log_likelihood(z) + weights.log_prior(z)  # (b, c) float64
             accumulator.update(log_joint - log_q)
         estimates[first : index.stop] = accumulator.bounds[k].cpu()
+    if per_image is not None:
+        per_image.copy_(estimates)
     return Estimate.from_values(estimates, time.perf_counter() - started)

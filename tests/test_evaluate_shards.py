@@ -1,0 +1,132 @@
+"""`vaelab evaluate` in shards: a killed evaluation resumes from the shards done and gives the same eval.json,
+torchrun's ranks share the shards with one process's result, and the shard maths merge exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vaelab.cli import main
+from vaelab.cli.evaluate import PARTIAL_PREFIX, ShardStore
+from vaelab.config import ModelSpec
+from vaelab.evaluation import importance_weighted_evaluation
+from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard, merge_shards, shard_ranges
+from vaelab.models import build_model
+
+from conftest import run_ok
+from test_distributed import ONE_THREAD, TINY, torchrun
+
+pytestmark = pytest.mark.usefixtures("plain_torch")
+
+EVAL = ["--k", "1", "10", "--shard-images", "4", "--no-progress", "--laplace-k", "5"]
+
+
+def test_shards_merge_into_the_single_pass_result():
+    torch.manual_seed(0)
+    # float64: shard boundaries move batch boundaries, whose float32 rounding (~1e-7 relative) would blur the check
+    model = build_model(ModelSpec(input_dim=12, hidden=6, latent_dims=3)).double()
+    x = torch.rand(11, 12, dtype=torch.float64).bernoulli()
+    plan = ShardPlan(ks=(1, 7), seed=3, laplace=True, laplace_k=4)
+    whole = evaluate_shard(model, x, 0, plan, torch.device("cpu"))
+    parts = [
+        evaluate_shard(model, x[r.start : r.stop], r.start, plan, torch.device("cpu")) for r in shard_ranges(11, 4)
+    ]
+    merged = merge_shards(parts)
+    for name in ("L_1", "L_7", "log_likelihood", "kl", "laplace", "laplace_is"):
+        torch.testing.assert_close(merged[name], whole[name], rtol=1e-12, atol=1e-12)
+    found = estimates(merged, (1, 7))
+    reference = importance_weighted_evaluation(model, x, [1, 7], seed=3)
+    assert found["L_7"].mean == pytest.approx(reference.bounds[7].mean, abs=1e-9)
+    assert found["elbo"].mean == pytest.approx(reference.elbo.mean, abs=1e-9)
+    assert [len(r) for r in shard_ranges(11, 4)] == [4, 4, 3]
+
+
+def _trained_run(tiny_idx_dir, tmp_path, capsys):
+    data_dir = tiny_idx_dir(n_train=24, n_test=14)
+    run = tmp_path / "run"
+    run_ok(["train", *TINY, "--data-dir", str(data_dir), "--epochs", "1", "--out", str(run), "--no-progress"], capsys)
+    return run
+
+
+def _numbers(path):
+    """eval.json's estimates without their wall times."""
+
+    def timeless(value):
+        if isinstance(value, dict):
+            return {k: timeless(v) for k, v in value.items() if k != "seconds"}
+        if isinstance(value, list):
+            return [timeless(v) for v in value]
+        return value
+
+    result = json.loads(path.read_text())
+    keys = ("iwae", "elbo", "reconstruction", "kl", "laplace", "laplace_is", "active_units", "bits_per_dim")
+    return timeless({key: result[key] for key in keys})
+
+
+def test_an_interrupted_evaluation_resumes_from_its_shards_with_the_same_result(
+    tiny_idx_dir, tmp_path, capsys, monkeypatch
+):
+    run = _trained_run(tiny_idx_dir, tmp_path, capsys)
+    run_ok(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "straight")], capsys)
+    assert not list((tmp_path / "straight").glob(f"{PARTIAL_PREFIX}*"))  # removed once eval.json is written
+
+    saved = []
+    original = ShardStore.save
+
+    def save_then_die(self, shard, values):
+        original(self, shard, values)
+        saved.append(shard)
+        if len(saved) == 2:
+            raise KeyboardInterrupt  # the process dies after two of its four shards
+
+    monkeypatch.setattr(ShardStore, "save", save_then_die)
+    assert main(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "cut")]) != 0  # Ctrl-C's exit
+    monkeypatch.setattr(ShardStore, "save", original)
+    (partial,) = (tmp_path / "cut").glob(f"{PARTIAL_PREFIX}*")
+    assert len(list(partial.iterdir())) == 2 and not (tmp_path / "cut" / "eval.json").exists()
+
+    out = run_ok(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "cut")], capsys)
+    assert "resuming: 8 images already evaluated" in out
+    assert _numbers(tmp_path / "cut" / "eval.json") == _numbers(tmp_path / "straight" / "eval.json")
+
+    # other settings never read those shards: a different seed computes afresh
+    main(["evaluate", "--checkpoint", str(run), *EVAL, "--seed", "5", "--out", str(tmp_path / "cut")])
+    assert "resuming" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_kill_9_mid_evaluation_then_resume_gives_the_same_eval_json(tiny_idx_dir, tmp_path, capsys):
+    run = _trained_run(tiny_idx_dir, tmp_path, capsys)
+    args = ["evaluate", "--checkpoint", str(run), "--k", "1", "3000", "--shard-images", "2", "--no-laplace"]
+    run_ok([*args, "--out", str(tmp_path / "straight"), "--no-progress"], capsys)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", *args, "--out", str(tmp_path / "killed")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ONE_THREAD,
+    )
+    try:
+        while not list((tmp_path / "killed").glob(f"{PARTIAL_PREFIX}*/shard-*")):
+            assert process.poll() is None, process.communicate()
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (tmp_path / "killed" / "eval.json").exists()
+    out = run_ok([*args, "--out", str(tmp_path / "killed"), "--no-progress"], capsys)
+    assert "resuming:" in out
+    assert _numbers(tmp_path / "killed" / "eval.json") == _numbers(tmp_path / "straight" / "eval.json")
+
+
+@pytest.mark.slow
+def test_torchrun_splits_the_shards_and_gives_one_process_s_result(tiny_idx_dir, tmp_path, capsys):
+    run = _trained_run(tiny_idx_dir, tmp_path, capsys)
+    run_ok(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "one")], capsys)
+    launched = torchrun(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "two")], tmp_path / "l")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert _numbers(tmp_path / "two" / "eval.json") == _numbers(tmp_path / "one" / "eval.json")
