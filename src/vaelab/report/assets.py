@@ -47,7 +47,7 @@ table.data tbody th.group { background: var(--wash); color: var(--muted); font-w
 #plane { width: 400px; height: 400px; max-width: 100%; border: 1px solid var(--line); border-radius: 6px;
   cursor: crosshair; touch-action: none; display: block; }
 #plane:focus { outline: 2px solid var(--accent); outline-offset: 2px; }
-#decoded { width: 280px; height: 280px; image-rendering: pixelated; border-radius: 6px; display: block;
+#decoded { width: 280px; height: auto; image-rendering: pixelated; border-radius: 6px; display: block;
   background: #000; }
 #readout { font-size: 0.85rem; max-width: 280px; overflow-wrap: anywhere; white-space: pre-line; }
 #legend { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: 0.82rem; color: var(--muted); margin-top: 8px;
@@ -108,32 +108,136 @@ EXPLORER_JS = r"""
     softplus: (a) => (a > 20 ? a : Math.log1p(Math.exp(a))),
     gelu: (a) => 0.5 * a * (1 + erf(a / Math.SQRT2)),
   };
-  const LINKS = { sigmoid: (a) => 1 / (1 + Math.exp(-a)), identity: (a) => a };
+  const sigmoid = (a) => 1 / (1 + Math.exp(-a));
 
-  // --- the decoder: h (D_h) -> [Linear, activation] x depth -> Linear -> link -> E[x|h] (P) ----
-  const layers = data.decoder.layers.map((layer) => ({
-    rows: layer.shape[0],
-    columns: layer.shape[1],
-    weight: float32s(layer.weight), // (rows, columns), row-major as torch's Linear.weight
-    bias: float32s(layer.bias),
-  }));
-  const activation = ACTIVATIONS[data.decoder.activation];
-  const link = LINKS[data.decoder.output];
+  // --- the decoder: a program of ops on a tensor {data, shape}, as vaelab.report.explorer writes it --
+  function compile(op) {
+    if (op.op === "residual") return { op: "residual", ops: op.ops.map(compile) };
+    if (op.weight === undefined) return op;
+    return { ...op, weight: float32s(op.weight), bias: float32s(op.bias) };
+  }
+  const program = data.decoder.ops.map(compile);
+
+  function linear(op, x) {
+    const [rows, columns] = op.shape;
+    const out = new Float64Array(rows);
+    for (let o = 0; o < rows; o++) {
+      let sum = op.bias[o];
+      const row = o * columns;
+      for (let i = 0; i < columns; i++) sum += op.weight[row + i] * x.data[i];
+      out[o] = sum;
+    }
+    return { data: out, shape: [rows] };
+  }
+
+  // a plain NCHW convolution (one image), zero padding, any stride: out[o, y, x] = b[o] + sum w[o, i, dy, dx] in[...]
+  function conv(op, x) {
+    const [outC, inC, kh, kw] = op.shape;
+    const [, h, w] = x.shape;
+    const s = op.stride, p = op.padding;
+    const oh = Math.floor((h + 2 * p - kh) / s) + 1, ow = Math.floor((w + 2 * p - kw) / s) + 1;
+    const out = new Float64Array(outC * oh * ow);
+    for (let o = 0; o < outC; o++) {
+      const base = o * oh * ow;
+      out.fill(op.bias[o], base, base + oh * ow);
+      for (let i = 0; i < inC; i++) {
+        const plane = i * h * w;
+        for (let dy = 0; dy < kh; dy++) {
+          for (let dx = 0; dx < kw; dx++) {
+            const weight = op.weight[((o * inC + i) * kh + dy) * kw + dx];
+            if (weight === 0) continue;
+            for (let y = 0; y < oh; y++) {
+              const sy = y * s + dy - p;
+              if (sy < 0 || sy >= h) continue;
+              const row = plane + sy * w, target = base + y * ow;
+              for (let xx = 0; xx < ow; xx++) {
+                const sx = xx * s + dx - p;
+                if (sx >= 0 && sx < w) out[target + xx] += weight * x.data[row + sx];
+              }
+            }
+          }
+        }
+      }
+    }
+    return { data: out, shape: [outC, oh, ow] };
+  }
+
+  // torch's nn.Upsample(size, mode="nearest"): output pixel i reads input floor(i * in / out)
+  function upsample(op, x) {
+    const [c, h, w] = x.shape;
+    const [oh, ow] = op.size;
+    const out = new Float64Array(c * oh * ow);
+    for (let k = 0; k < c; k++) {
+      for (let y = 0; y < oh; y++) {
+        const sy = Math.min(h - 1, Math.floor((y * h) / oh));
+        for (let xx = 0; xx < ow; xx++) {
+          out[(k * oh + y) * ow + xx] = x.data[(k * h + sy) * w + Math.min(w - 1, Math.floor((xx * w) / ow))];
+        }
+      }
+    }
+    return { data: out, shape: [c, oh, ow] };
+  }
+
+  function run(ops, x) {
+    for (const op of ops) {
+      if (op.op === "linear") x = linear(op, x);
+      else if (op.op === "conv") x = conv(op, x);
+      else if (op.op === "upsample") x = upsample(op, x);
+      else if (op.op === "reshape") x = { data: x.data, shape: op.shape };
+      else if (op.op === "act") x = { data: x.data.map(ACTIVATIONS[op.name]), shape: x.shape };
+      else if (op.op === "residual") {
+        const branch = run(op.ops, x);
+        x = { data: x.data.map((value, i) => value + branch.data[i]), shape: x.shape };
+      } else throw new Error("unknown decoder op " + op.op);
+    }
+    return x;
+  }
+
+  // --- E[x|h] from the parameters, as vaelab.distributions computes it ---------------------------
+  const LEVELS = 255, HALF_BIN = 1 / 255;
+  const channels = data.decoder.channels, positions = data.decoder.positions;
+  function logisticMean(location, logScale) {
+    const inverseScale = Math.exp(-Math.max(logScale, data.decoder.log_scale_min));
+    let expected = 0;
+    for (let j = 1; j <= LEVELS; j++) expected += sigmoid((location - (2 * j / LEVELS - 1 - HALF_BIN)) * inverseScale);
+    return expected / LEVELS;
+  }
+  function means(params) {
+    const kind = data.decoder.likelihood, size = channels * positions;
+    if (kind === "bernoulli") return params.map(sigmoid);
+    if (kind === "gaussian") return params;
+    if (kind === "logistic") {
+      const out = new Float64Array(size);
+      for (let i = 0; i < size; i++) out[i] = logisticMean(params[i], params[size + i]);
+      return out;
+    }
+    // logistic-mixture: rows (M, S) = K logits, K*C locations, K*C log-scales, K*C(C-1)/2 coefficients
+    const K = data.decoder.components, C = channels, S = positions, pairs = (C * (C - 1)) / 2;
+    const at = (row, s) => params[row * S + s];
+    const out = new Float64Array(size);
+    for (let s = 0; s < S; s++) {
+      let top = -Infinity;
+      for (let k = 0; k < K; k++) top = Math.max(top, at(k, s));
+      const weights = [];
+      let total = 0;
+      for (let k = 0; k < K; k++) { weights.push(Math.exp(at(k, s) - top)); total += weights[k]; }
+      for (let k = 0; k < K; k++) {
+        const component = [];
+        for (let c = 0; c < C; c++) {
+          let location = at(K + k * C + c, s);
+          for (let e = 0; e < c; e++) {
+            location += Math.tanh(at(K + 2 * K * C + k * pairs + (c * (c - 1)) / 2 + e, s)) * (2 * component[e] - 1);
+          }
+          component.push(logisticMean(location, at(K + K * C + k * C + c, s)));
+          out[c * S + s] += (weights[k] / total) * component[c];
+        }
+      }
+    }
+    return out;
+  }
 
   function decode(h) {
-    let input = h;
-    layers.forEach((layer, index) => {
-      const last = index === layers.length - 1;
-      const result = new Float64Array(layer.rows);
-      for (let o = 0; o < layer.rows; o++) {
-        let sum = layer.bias[o];
-        const row = o * layer.columns;
-        for (let i = 0; i < layer.columns; i++) sum += layer.weight[row + i] * input[i];
-        result[o] = last ? link(sum) : activation(sum);
-      }
-      input = result;
-    });
-    return input;
+    return means(run(program, { data: Float64Array.from(h), shape: [h.length] }).data);
   }
 
   // --- the plane: h = center + sum_j c_j directions[j]; the pointer sets c_0, c_1 ---------------
@@ -153,8 +257,8 @@ EXPLORER_JS = r"""
     return h;
   }
 
-  // --- the decoded image: one canvas pixel per image pixel, grey level round(255 E[x|h]) --------
-  const [height, width] = data.image_shape;
+  // --- the decoded image: one canvas pixel per image pixel, level round(255 E[x|h]), grey or RGB ----
+  const [imageChannels, height, width] = data.image_shape;
   const imageCanvas = document.getElementById("decoded");
   imageCanvas.width = width;
   imageCanvas.height = height;
@@ -162,9 +266,10 @@ EXPLORER_JS = r"""
 
   function drawImage(means) {
     const image = imageContext.createImageData(width, height);
-    for (let p = 0; p < width * height; p++) {
-      const level = Math.round(255 * Math.min(1, Math.max(0, means[p])));
-      image.data[4 * p] = image.data[4 * p + 1] = image.data[4 * p + 2] = level;
+    const level = (value) => Math.round(255 * Math.min(1, Math.max(0, value)));
+    const plane = width * height;
+    for (let p = 0; p < plane; p++) {
+      for (let c = 0; c < 3; c++) image.data[4 * p + c] = level(means[(imageChannels === 3 ? c : 0) * plane + p]);
       image.data[4 * p + 3] = 255;
     }
     imageContext.putImageData(image, 0, 0);

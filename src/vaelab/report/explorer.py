@@ -1,8 +1,10 @@
 """What the report's live latent explorer needs, as JSON-ready values: the decoder and the plane it is driven on.
 
-The page decodes in JavaScript, so the decoder travels as data: each Linear layer's weight (out, in)
-and bias (out,) as base64 of little-endian float32, with its shape, the trunk's activation and the
-output link (sigmoid for Bernoulli means, identity for a Gaussian mean). The plane is the decoder's
+The page decodes in JavaScript, so the decoder travels as data: a program of plain ops (linear,
+3x3 convolution, activation, reshape, nearest upsampling, residual block) whose weights are base64
+of little-endian float32, and the likelihood whose mean E[x|h] the parameters give (sigmoid for
+Bernoulli means, identity for a Gaussian mean, the exact mean of the discretized logistic and its
+mixture's mean as `vaelab.distributions` computes them). The plane is the decoder's
 latent h itself when that is 2-D under N(0, I); otherwise the plane of the two leading principal
 directions of the test set's posterior means, the remaining directions being sliders.
 """
@@ -21,7 +23,8 @@ from vaelab import data
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.models.base import LatentVariableModel
-from vaelab.nn import ACTIVATIONS
+from vaelab.distributions import LOG_SCALE_MIN
+from vaelab.nn import ACTIVATIONS, MLP, ConvDecoder, ResidualCell
 from vaelab.visualize import Plane, decoder_codes, principal_plane
 
 EXPLORER_IMAGES = 5000  # test images whose posterior means define the plane and dot it
@@ -36,38 +39,69 @@ def float32_base64(array: torch.Tensor | np.ndarray) -> str:
 
 
 def decoder_weights(model: LatentVariableModel) -> dict[str, Any]:
-    """The decoder MLP h (D_h,) -> Linear, activation, ..., Linear -> link -> E[x|h] (P,) as plain data."""
-    decoder = model.likelihood.decoder
-    linears = [module for module in decoder.trunk if isinstance(module, nn.Linear)] + [decoder.head]
-    activations = {
-        name for module in decoder.trunk for name, kind in ACTIVATIONS.items() if type(module) is kind
-    }  # the trunk holds one activation type
-    others = [module for module in decoder.trunk if not isinstance(module, (nn.Linear, *ACTIVATIONS.values()))]
-    if others or len(activations) > 1:
-        raise VaelabError(
-            f"the report's explorer decodes MLPs of Linear layers and one activation of {', '.join(ACTIVATIONS)}; "
-            f"this decoder has {', '.join(sorted({type(m).__name__ for m in others}) or sorted(activations))}; "
-            "report on a model built by vaelab"
-        )
-    kind = model.likelihood.kind
+    """The decoder h (D_h,) -> the likelihood's parameters as a program of plain ops, and how E[x|h] follows.
+
+    ops: {"op": "linear", "shape": (out, in), weight, bias}, {"op": "conv", "shape": (out, in, k, k), "stride",
+    "padding", weight, bias}, {"op": "act", "name"}, {"op": "reshape", "shape": (C, H, W)}, {"op": "upsample",
+    "size": (H, W)} (nearest, as torch picks floor(i · in / out)) and {"op": "residual", "ops": [...]} (h + ops(h)).
+    likelihood: its kind; E[x|h] is computed from the parameters as `vaelab.models.base` does it.
+    """
+    shape = model.spec.shape or (1, 1, model.spec.input_dim)
     return {
-        "activation": activations.pop() if activations else "relu",  # no trunk: one linear map
-        "output": "sigmoid" if kind == "bernoulli" else "identity",
-        "layers": [
-            {
-                "shape": list(linear.weight.shape),  # (out, in)
-                "weight": float32_base64(linear.weight),
-                "bias": float32_base64(linear.bias),
-            }
-            for linear in linears
-        ],
+        "ops": _ops(model.likelihood.decoder),
+        "likelihood": model.likelihood.kind,
+        "channels": shape[0],
+        "positions": shape[1] * shape[2],
+        "components": getattr(model.likelihood, "components", 1),
+        "log_scale_min": LOG_SCALE_MIN,
     }
+
+
+def _ops(module: nn.Module) -> list[dict[str, Any]]:
+    """The ops of one of vaelab's decoder modules, in the order they are applied."""
+    if isinstance(module, nn.Sequential):
+        return [op for child in module for op in _ops(child)]
+    if isinstance(module, MLP):
+        return _ops(module.trunk) + _ops(module.head)
+    if isinstance(module, ConvDecoder):
+        return _ops(module.stem) + _ops(module.trunk) + _ops(module.head)
+    if isinstance(module, ResidualCell):
+        inner = [module.act1, module.conv1, module.act2, module.conv2]
+        return [{"op": "residual", "ops": [op for child in inner for op in _ops(child)]}]
+    if isinstance(module, nn.Linear):
+        return [{"op": "linear", "shape": list(module.weight.shape), **_weights(module)}]
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.dilation == (1, 1):
+        return [
+            {
+                "op": "conv",
+                "shape": list(module.weight.shape),
+                "stride": module.stride[0],
+                "padding": module.padding[0],
+                **_weights(module),
+            }
+        ]
+    if isinstance(module, nn.Unflatten):
+        return [{"op": "reshape", "shape": list(module.unflattened_size)}]
+    if isinstance(module, nn.Upsample) and module.mode == "nearest" and module.size is not None:
+        size = module.size if isinstance(module.size, tuple) else (module.size, module.size)
+        return [{"op": "upsample", "size": list(size)}]
+    for name, kind in ACTIVATIONS.items():
+        if type(module) is kind:
+            return [{"op": "act", "name": name}]
+    raise VaelabError(
+        f"the report's explorer runs vaelab's MLP and convolutional decoders; this one holds a {type(module).__name__}; "
+        "report on a model built by vaelab"
+    )
+
+
+def _weights(module: nn.Module) -> dict[str, str]:
+    return {"weight": float32_base64(module.weight), "bias": float32_base64(module.bias)}
 
 
 def explorer_codes(model: LatentVariableModel, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The first EXPLORER_IMAGES test images (within the run's --test-size), binarized as the run was
     trained -> their posterior means h (N, D_h) and labels (N,)."""
-    dataset = data.load_dataset(config.dataset, config.data_dir)
+    dataset = data.load_run_dataset(config)
     count = min(EXPLORER_IMAGES, config.test_size or EXPLORER_IMAGES, dataset.test.images.shape[0])
     # training draws its dynamically binarized test set with seed + 1 (vaelab.training.loop)
     x = data.binarize(
@@ -119,7 +153,7 @@ def explorer_data(model: LatentVariableModel, config: TrainConfig) -> dict[str, 
         names = [f"PC {j + 1}" for j in range(dim)]
     return {
         "decoder": decoder_weights(model),
-        "image_shape": _image_shape(model.spec.input_dim),
+        "image_shape": list(model.spec.shape or (1, 1, model.spec.input_dim)),  # (C, H, W)
         "plane": {
             "kind": "latent" if identity else "principal",
             "dim": dim,
@@ -137,8 +171,3 @@ def explorer_data(model: LatentVariableModel, config: TrainConfig) -> dict[str, 
             "labels": [int(label) for label in labels],
         },
     }
-
-
-def _image_shape(pixels: int) -> list[int]:
-    side = math.isqrt(pixels)
-    return [side, side] if side * side == pixels else [1, pixels]
