@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from matplotlib.transforms import blended_transform_factory
 
 from vaelab import data
 from vaelab.checkpoint import load_model
@@ -115,6 +114,7 @@ def figure(rows: list[dict], title: str) -> Figure:
     """NLL against training seconds (log x), one line per preset, the papers' figures dashed."""
     fig = Figure(figsize=(7.5, 4.8), dpi=100, layout="constrained")
     axes = fig.add_subplot()
+    papers = []
     for index, name in enumerate(dict.fromkeys(row["preset"] for row in rows)):
         color = f"C{index}"
         curve = [row for row in rows if row["preset"] == name and row["kind"] == "curve"]
@@ -125,9 +125,8 @@ def figure(rows: list[dict], title: str) -> Figure:
         paper = PRESETS[name].paper_nll if name in PRESETS else None
         if paper is not None:
             axes.axhline(paper, color=color, linestyle="--", linewidth=1)
-            # x in axes fractions, y in data: the label sits at the left edge whatever the time axis spans
-            where = blended_transform_factory(axes.transAxes, axes.transData)
-            axes.text(0.01, paper, f"{name}, paper: {paper}", transform=where, color=color, fontsize=8, va="bottom")
+            papers.append((paper, f"{name}, paper: {paper}", color))
+    place_paper_labels(axes, papers)
     axes.set_xscale("log")
     axes.set_xlabel("training seconds (this machine)")
     axes.set_ylabel("test NLL, nats per image")
@@ -135,6 +134,25 @@ def figure(rows: list[dict], title: str) -> Figure:
     axes.grid(alpha=0.3, which="both")
     axes.legend()
     return fig
+
+
+LABEL_GAP = 0.045  # the least vertical distance between two paper labels, in axes fractions (8-point text)
+
+
+def place_paper_labels(axes: object, papers: list[tuple[float, str, str]]) -> list[float]:
+    """Label each paper figure (value, text, colour) at the plot's left edge, just above its dashed line;
+    labels closer than LABEL_GAP are pushed up in order of value, so none overlaps another.
+    Returns the labels' heights in axes fractions (lowest value first)."""
+    axes.autoscale_view()
+    low, high = axes.get_ylim()
+    heights: list[float] = []
+    for value, text, color in sorted(papers):
+        height = (value - low) / (high - low)
+        if heights:
+            height = max(height, heights[-1] + LABEL_GAP)
+        heights.append(height)
+        axes.text(0.01, height, text, transform=axes.transAxes, color=color, fontsize=8, va="bottom")
+    return heights
 
 
 def main() -> None:

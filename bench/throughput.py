@@ -56,6 +56,7 @@ class Options:
     iwae_images: int = 1000
     roofline_iterations: int = 200  # step-GEMM sets per roofline window
     seed: int = 0
+    conv_only: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +405,134 @@ def measure_iwae(options: Options) -> dict[str, Any]:
     return _time_calls(options, call, x.shape[0])
 
 
+# --- convolutional networks: the step's own convolutions as the yardstick ------------------------
+
+CONV_PRESETS = ("conv-vamp", "resnet-vamp")
+PROTOCOL_TRAIN = 50_000  # training images per epoch under the likelihood protocol (60 000 - 10 000 validation)
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One Conv2d or Linear call of a forward pass: its module, its input's shape and its forward FLOPs."""
+
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    flops: float
+
+
+def forward_layer_calls(model: nn.Module, run: Callable[[], object]) -> list[LayerCall]:
+    """Every Conv2d / Linear call that `run()` makes, with 2 x multiply-adds as its forward FLOPs."""
+    calls: list[LayerCall] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        calls.append(LayerCall(module, tuple(inputs[0].shape), 2.0 * output.numel() * per_output))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+class LayerRoofline:
+    """The machine's rate on exactly a step's Conv2d/Linear calls: each replayed alone, forward and backward
+    (input and weight gradients: 3x the forward FLOPs), on random inputs of the recorded shapes."""
+
+    def __init__(self, calls: list[LayerCall], seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.calls = [(call.module, torch.randn(call.input_shape, generator=generator)) for call in calls]
+        self.flops = 3.0 * sum(call.flops for call in calls)
+
+    def gflops(self, iterations: int) -> float:
+        started = time.perf_counter()
+        for _ in range(iterations):
+            for module, x in self.calls:
+                x = x.detach().requires_grad_(True)
+                module(x).sum().backward()
+        return self.flops * iterations / (time.perf_counter() - started) / 1e9
+
+
+def conv_step_calls(preset: str, batch_size: int) -> tuple[Any, list[LayerCall]]:
+    """The preset's config and the Conv2d/Linear calls of one training step's forward pass (batch and
+    the VampPrior's pseudo-inputs)."""
+    from vaelab.models import build_model
+    from vaelab.objectives import ObjectiveModule
+    from vaelab.presets import preset_config
+
+    config = preset_config(preset)
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    objective = ObjectiveModule(model, config.objective)
+    x = torch.rand(batch_size, config.model.input_dim).bernoulli()
+    eps = torch.randn(config.objective.k, batch_size, config.model.latent_dim)
+    return config, forward_layer_calls(model, lambda: objective(x, eps, 1.0))
+
+
+def measure_conv_train(options: Options, preset: str) -> dict[str, Any]:
+    """vaelab.training.train on a convolutional preset (dynamic binarization of synthetic grey images), each
+    window one epoch of --steps batches timed by its history, beside a replay of the step's own layers."""
+    from vaelab.training import train
+
+    _setup(options)
+    config, calls = conv_step_calls(preset, 100)
+    batch = config.batch_size
+    roofline = LayerRoofline(calls, options.seed)
+    roofline.gflops(2)  # warm-up
+    steps = max(2, options.steps // 4)  # a conv step costs 5-10x an MLP one
+    generator = torch.Generator().manual_seed(options.seed)
+    train_x = torch.rand(steps * batch, config.model.input_dim, generator=generator)
+    test_x = torch.rand(batch, config.model.input_dim, generator=generator)
+    config = replace(config, epochs=1, validation_size=0, patience=0, threads=options.threads)
+    train(config, train_x[: 2 * batch], test_x, progress=False)  # warm-up
+    seconds, rates = [], []
+    for _ in range(options.repeats):
+        rates.append(roofline.gflops(max(1, steps // 4)))
+        seconds.append(train(config, train_x, test_x, progress=False).history[0]["seconds"])
+    flops_per_image = 3.0 * sum(call.flops for call in calls) / batch
+    images = steps * batch
+    median, spread = _median_spread(seconds)
+    achieved = [flops_per_image * images / window / 1e9 for window in seconds]
+    return {
+        "images_per_s": images / median,
+        "seconds_per_epoch": PROTOCOL_TRAIN * median / images,
+        "gflops": statistics.median(achieved),
+        "vs_roofline": statistics.median(a / r for a, r in zip(achieved, rates)),
+        "roofline": statistics.median(rates),
+        "flops_per_image": flops_per_image,
+        "spread": spread,
+        "rss": _peak_rss_mib(),
+    }
+
+
+def conv_report(options: Options) -> None:
+    """The convolutional presets' rows: seconds per 50 000-image epoch and % of their layers' own rate."""
+    print()
+    print(
+        f"{'convolutional preset':<22}{'MFLOP/img':>10}{'images/s':>10}{'s/epoch':>9}{'GFLOP/s':>9}"
+        f"{'layer rate':>11}{'of it':>7}{'spread':>8}{'RSS MiB':>9}"
+    )
+    for preset in CONV_PRESETS:
+        result = in_fresh_process(measure_conv_train, options, preset)
+        print(
+            f"{preset:<22}{result['flops_per_image'] / 1e6:>10.1f}{result['images_per_s']:>10,.0f}"
+            f"{result['seconds_per_epoch']:>9.1f}{result['gflops']:>9.1f}{result['roofline']:>11.1f}"
+            f"{100 * result['vs_roofline']:>6.0f}%{100 * result['spread']:>7.0f}%{result['rss']:>9.0f}"
+        )
+    print(
+        "MFLOP/img: 3 x the forward FLOPs of every Conv2d and Linear call of a step (batch 100 plus the VampPrior's "
+        "pseudo-inputs), per training image; layer rate: those same calls replayed alone, forward and backward, in "
+        "the same process just before each window (the convolution roofline for exactly this step); s/epoch: the "
+        "protocol's 50 000 training images."
+    )
+
+
 def in_fresh_process(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
     """Run function(*args) in a new spawned interpreter, so its peak RSS is its own."""
     # An executor, not a Pool: a worker that dies raises BrokenProcessPool instead of hanging.
@@ -450,8 +579,13 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--mnist", action="store_true", help="the real MNIST via vaelab.data instead of random images")
     parser.add_argument("--data-dir", help="with --mnist: where the MNIST files are (default: vaelab's cache)")
     parser.add_argument("--iwae-k", type=int, default=100, help="k of the IWAE row (default 100)")
+    parser.add_argument(
+        "--conv-only", action="store_true", help="only the convolutional presets' rows (their layers' own rate)"
+    )
     args = parser.parse_args(argv)
-    options = Options(threads=args.threads, mnist=args.mnist, data_dir=args.data_dir, iwae_k=args.iwae_k)
+    options = Options(
+        threads=args.threads, mnist=args.mnist, data_dir=args.data_dir, iwae_k=args.iwae_k, conv_only=args.conv_only
+    )
     if args.quick:
         options = replace(options, steps=8, repeats=2, eval_images=512, iwae_images=64, roofline_iterations=20)
     if args.steps is not None:
@@ -502,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
         except VaelabError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    if options.conv_only:
+        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs: {cpu_description()[0]}; load before {_load()}")
+        conv_report(options)
+        print(f"load after {_load()}")
+        return 0
     flops_per_image = train_flops_per_image()
     n_train = train_image_count(options, MNIST_TRAIN)
     cpu_model, cpu_flags = cpu_description()
@@ -591,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         f"count (their median here: {fp32['roofline']:.0f} GFLOP/s for vaelab fp32): the machine's speed drifts "
         "under load. spread = (max - min) / median of the windows; RSS = the measuring process's peak."
     )
+    conv_report(options)
     if options.steps * options.batch_size < MNIST_TRAIN:
         print("note: short windows (--quick or small --steps) time start-up as much as steady state")
     return 0

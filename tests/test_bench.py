@@ -137,3 +137,42 @@ def test_the_denormals_benchmark_counts_only_subnormal_float32_entries():
     values = torch.tensor([0.0, tiny, tiny / 2, -tiny / 4, 1e-45, 1.0, -3.0])
     assert module.subnormal_count([values]) == (3, 7)  # tiny/2, -tiny/4 and 1e-45 (the smallest subnormal)
     assert module.subnormal_count([values.double() / 1e10]) == (0, 0)  # only float32 tensors are counted
+
+
+def _load_bench(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def test_the_frontier_s_paper_labels_do_not_overlap_and_sit_above_their_lines():
+    from matplotlib.figure import Figure
+
+    frontier = _load_bench("frontier")
+    axes = Figure().add_subplot()
+    axes.plot([1, 2], [80.0, 95.0])
+    papers = [(86.76, "a", "C0"), (86.70, "b", "C1"), (84.78, "c", "C2"), (84.80, "d", "C3"), (92.0, "e", "C4")]
+    heights = frontier.place_paper_labels(axes, papers)
+    low, high = axes.get_ylim()
+    lines = [(value - low) / (high - low) for value, _, _ in sorted(papers)]
+    assert all(b - a >= frontier.LABEL_GAP - 1e-12 for a, b in zip(heights, heights[1:]))
+    assert all(height >= line - 1e-12 for height, line in zip(heights, lines))
+    assert [text.get_text() for text in axes.texts] == ["c", "d", "b", "a", "e"]
+
+
+def test_the_conv_benchmark_counts_each_layer_s_flops_by_the_convolution_arithmetic(bench):
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(8 * 5 * 4, 6))
+    x = torch.randn(2, 3, 10, 8)
+    calls = bench.forward_layer_calls(model, lambda: model(x))
+    # conv: 2 images x 8 channels x 5 x 4 outputs, each 3 x 3 x 3 multiply-adds; linear: 2 x 6 outputs of 160
+    assert [call.flops for call in calls] == [2.0 * 2 * 8 * 5 * 4 * 27, 2.0 * 2 * 6 * 160]
+    assert [call.input_shape for call in calls] == [(2, 3, 10, 8), (2, 160)]
+    roofline = bench.LayerRoofline(calls, seed=0)
+    assert roofline.flops == 3 * sum(call.flops for call in calls) and roofline.gflops(1) > 0
