@@ -173,7 +173,9 @@ def test_every_preset_is_a_valid_config_with_its_name_recorded():
     for name, preset in PRESETS.items():
         config_ = preset_config(name)
         assert config_.preset == name and config_.model == preset.config.model
-        if name != "pytorch-example":  # the likelihood presets follow the literature's protocol
+        if config_.model.likelihood in ("logistic", "logistic-mixture"):  # 8-bit pixels: the levels themselves
+            assert (config_.binarize, config_.validation_size) == ("none", 10_000)
+        elif name != "pytorch-example":  # the likelihood presets follow the literature's protocol
             assert (config_.binarize, config_.validation_size) == ("dynamic", 10_000)
     assert preset_config("pytorch-example") == TrainConfig(preset="pytorch-example")
     # `best` is its measured winner with the measured budget, nothing else changed

@@ -1,62 +1,72 @@
-"""Users' own images: a folder of PNG/JPEG files, a .npy/.npz array, or IDX files of any size, converted
-once into a uint8 cache that is memory-mapped when read.
+"""Users' own images: a folder of PNG/JPEG files or a .npy/.npz array, converted once into a uint8 cache
+that is memory-mapped when read (and the resizing that IDX files of any size share with them).
 
-    load_images("folder", "photos/", image_size=32, test_fraction=0.1)  # -> Dataset, images (N, C, H, W)
+    load_images("folder", "photos/", cache_root=root, image_size=32, test_fraction=0.1)  # -> Converted
 
-The cache lives in `<cache dir>/converted/<key>/` (key: a digest of the source's identity and the
-conversion settings) as train.npy and test.npy (uint8, (N, C, H, W): channel first, the layout torch
-convolutions read), their labels, and meta.json, written last: a directory without meta.json is an
-unfinished conversion and is built again. A conversion streams: each image is decoded, checked,
-resized and written into the memory-mapped output on its own, so memory stays flat however many
-files there are; a split read back is `np.load(mmap_mode="c")` behind a torch tensor, so a set
-larger than memory still trains (the loop gathers its batches).
+The cache lives in `<cache dir>/converted/<key>/` (key: a digest of the source's identity, its files'
+relative paths, sizes and mtimes or an array file's SHA-256, and the conversion settings) as train.npy
+and test.npy (uint8 (N, C, H, W): channel first, the layout torch convolutions read; grey is C = 1),
+train_labels.npy and test_labels.npy (int64 (N,)) and meta.json, written last: a directory without
+meta.json is an unfinished conversion and is built again; a failed conversion removes what it wrote.
+A conversion streams: each image is decoded, checked, resized and written into the memory-mapped output
+on its own (an array in blocks), so memory stays flat however many files there are; a split read back is
+`np.load(mmap_mode="c")` behind a torch tensor, so a set larger than memory still trains.
 
-Folders follow torchvision's ImageFolder: the names of subfolders are the classes (sorted, labels
-0..n-1); `train/` and `test/` subfolders are the splits, else a seeded `test_fraction` of the images
-is held out. Directory symlinks are not followed (a link loop cannot trap the walk); linked files are
-read. Grey images stay one channel; if any image is colour, all become RGB.
+Folders follow torchvision's ImageFolder: the subfolders are the classes (sorted, labels 0..n-1; files
+directly in the folder get label 0 when there are no class folders); `train/` and `test/` subfolders are
+the splits (their class names pooled), else a seeded `test_fraction` of the images is held out. Directory
+symlinks are not followed (a link loop cannot trap the walk); linked files are read. Modes 1 and L stay
+grey (C = 1); if any image is colour (RGB, RGBA, LA, palette), all become RGB (C = 3), alpha dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import struct
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from vaelab.errors import VaelabError
-from vaelab.io import atomic_write
+from vaelab.io import atomic_write, remove_stale_temporaries, temporary_path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # compared case-insensitively
 ARRAY_SUFFIXES = (".npy", ".npz")
-GREY_MODES = ("1", "L", "LA")
-COLOUR_MODES = ("RGB", "RGBA", "P", "PA", "YCbCr")
+GREY_MODES = ("1", "L")
+COLOUR_MODES = ("RGB", "RGBA", "LA", "P", "PA", "YCbCr")  # converted to RGB; alpha is dropped
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16- or 32-bit pixels: refused
+SPLITS = ("train", "test")
 CONVERTED_DIR = "converted"
 META_NAME = "meta.json"
+CACHE_FORMAT = 1  # part of the key: a change of layout converts again rather than misreading
 _HASH_CHUNK = 1 << 22
+_BLOCK_BYTES = 1 << 26  # an array is converted in blocks of about 64 MB
 
 
 @dataclass(frozen=True)
 class Converted:
-    """A cache entry: the memory-mapped splits, (N, C, H, W) uint8 and (N,) int64, and what they came from."""
+    """A finished cache entry: the memory-mapped splits, images (N, C, H, W) uint8 and labels (N,) int64, and meta."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    meta: dict
+    meta: dict  # meta.json: source, kind, shape (C, H, W), channels, train, test, classes, digests, settings
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry point.
+# Entry points.
 
 
 def load_images(
@@ -69,145 +79,183 @@ def load_images(
     seed: int = 0,
     progress: bool = True,
 ) -> Converted:
-    """The images of `path` (kind "folder" or "array"), converted into the cache once, memory-mapped."""
+    """The images of `path` (kind "folder" or "array") as (N, C, H, W) uint8, converted into the cache once.
+
+    image_size S > 0: the shorter side resized to S (bilinear, antialiased) and centre-cropped to S x S;
+    test_fraction and seed: the held-out share of a source without its own train and test parts.
+    """
+    if image_size < 0:
+        raise VaelabError(f"--image-size must be >= 0 (got {image_size}); 0 keeps the stored size")
+    if not 0 <= test_fraction < 1:
+        raise VaelabError(f"--test-fraction must be in [0, 1) (got {test_fraction}); e.g. 0.1")
     path = Path(path).expanduser()
     if kind == "folder":
-        source = _FolderSource(path)
+        source: _FolderSource | _ArraySource = _FolderSource(path)
     elif kind == "array":
         source = _ArraySource(path)
     else:
         raise VaelabError(f"unknown image source {kind!r}; choose folder or array")
-    settings = {"image_size": int(image_size), "test_fraction": float(test_fraction), "seed": int(seed)}
-    key = hashlib.sha256(json.dumps({"source": source.identity(), **settings}, sort_keys=True).encode()).hexdigest()
-    directory = cache_root / CONVERTED_DIR / key[:20]
+    # A source with its own train and test parts is not split: the seed and fraction do not change it.
+    settings = {
+        "image_size": int(image_size),
+        "test_fraction": 0.0 if source.presplit else float(test_fraction),
+        "seed": 0 if source.presplit else int(seed),
+    }
+    identity = {"format": CACHE_FORMAT, "kind": kind, "source": source.identity_digest(), **settings}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    directory = cache_root / CONVERTED_DIR / key
     if (directory / META_NAME).is_file():
-        try:
+        with contextlib.suppress(VaelabError):  # a damaged entry is derived data: it is converted again
             return read_converted(directory)
-        except (OSError, ValueError, KeyError) as error:
-            raise VaelabError(
-                f"the converted cache {directory} is damaged ({error}); delete it and load again"
-            ) from None
-    return _convert(source, directory, settings, progress)
+    return source.convert(directory, settings, progress)
 
 
 def read_converted(directory: Path) -> Converted:
-    """A finished cache entry, its arrays memory-mapped (copy-on-write, so torch sees a writable array)."""
-    meta = json.loads((directory / META_NAME).read_text())
-
-    def mapped(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.load(directory / name, mmap_mode="c", allow_pickle=False))
-
-    return Converted(
-        mapped("train.npy"), mapped("train_labels.npy"), mapped("test.npy"), mapped("test_labels.npy"), meta
-    )
+    """A finished cache entry, its arrays memory-mapped copy-on-write (torch wants a writable array; no copy)."""
+    try:
+        meta = json.loads((directory / META_NAME).read_text())
+        arrays = {
+            name: np.load(directory / f"{name}.npy", mmap_mode="c", allow_pickle=False)
+            for name in ("train", "test", "train_labels", "test_labels")
+        }
+        for split in SPLITS:
+            images, labels = arrays[split], arrays[f"{split}_labels"]
+            if images.dtype != np.uint8 or images.shape != (meta[split], *meta["shape"]):
+                raise ValueError(f"{split}.npy is {images.dtype} {images.shape}, meta.json says {meta['shape']}")
+            if labels.dtype != np.int64 or labels.shape != (meta[split],):
+                raise ValueError(f"{split}_labels.npy does not hold {meta[split]} int64 labels")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise VaelabError(f"the converted cache {directory} is damaged ({error}); delete it and load again") from None
+    tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    return Converted(tensors["train"], tensors["train_labels"], tensors["test"], tensors["test_labels"], meta)
 
 
 def converted_entries(cache_root: Path) -> list[dict]:
-    """meta.json of every finished conversion in the cache, with its directory."""
+    """meta.json of every conversion in the cache with its dir and bytes; an unfinished one has a problem instead."""
     entries = []
-    for meta_path in sorted((cache_root / CONVERTED_DIR).glob(f"*/{META_NAME}")):
+    for directory in sorted(path for path in (cache_root / CONVERTED_DIR).glob("*") if path.is_dir()):
+        size = sum(path.stat().st_size for path in directory.glob("*.npy"))
         try:
-            entries.append({**json.loads(meta_path.read_text()), "dir": str(meta_path.parent)})
+            meta = json.loads((directory / META_NAME).read_text())
+        except FileNotFoundError:
+            entries.append({"dir": str(directory), "bytes": size, "problem": "unfinished conversion (no meta.json)"})
         except (OSError, ValueError):
-            entries.append({"dir": str(meta_path.parent), "problem": "unreadable meta.json"})
+            entries.append({"dir": str(directory), "bytes": size, "problem": "unreadable meta.json"})
+        else:
+            entries.append({**meta, "dir": str(directory), "bytes": size})
     return entries
 
 
+def image_shape(images: torch.Tensor) -> tuple[int, int, int]:
+    """(C, H, W) of stored images: (N, H, W) is grey, (1, H, W); (N, C, H, W) gives its own."""
+    if images.dim() == 3:
+        return (1, int(images.shape[1]), int(images.shape[2]))
+    channels, height, width = (int(n) for n in images.shape[1:])
+    return (channels, height, width)
+
+
+def resize_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, C, H, W) -> (N, C, S, S): the shorter side resized to S, centre-cropped, as folders."""
+    channels = image_shape(images)[0]
+    out = np.empty((images.shape[0], channels, image_size, image_size), dtype=np.uint8)
+    for i in range(images.shape[0]):
+        out[i] = _resized(_channels_last(images[i].numpy()), channels, image_size)
+    return torch.from_numpy(out)
+
+
 # ---------------------------------------------------------------------------------------------
-# Sources: what to convert, in which order, with which labels.
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One image of a source: where it is read from, its split (None: the seeded test fraction decides), label."""
-
-    where: object  # a Path for a folder, an index for an array
-    split: str | None
-    label: int
-    name: str  # for messages and the source digest
+# A folder of PNG/JPEG files.
 
 
 class _FolderSource:
+    """The files under a folder, in sorted order of relative path, with their labels and (train/test) splits."""
+
     def __init__(self, root: Path) -> None:
         if not root.is_dir():
             raise VaelabError(f"image folder {root} does not exist or is not a directory; pass --data-dir DIR")
         self.root = root.resolve()
-        self.files = sorted(_walk_images(self.root), key=lambda p: p.relative_to(self.root).as_posix())
-        if not self.files:
+        self.names = sorted(path.relative_to(self.root).as_posix() for path in _walk_images(self.root))
+        if not self.names:
             raise VaelabError(
-                f"no images in {root}: found no {', '.join(IMAGE_SUFFIXES)} files (any case) in it or its subfolders; "
+                f"no images in {root}: no {' '.join(IMAGE_SUFFIXES)} files (any case) in it or its subfolders; "
                 "point --data-dir at the folder holding them"
             )
-        split_dirs = (self.root / "train").is_dir() and (self.root / "test").is_dir()
-        self.presplit = split_dirs
-        parts = [p.relative_to(self.root).parts for p in self.files]
-        if split_dirs:
-            parts = [part[1:] if part[0] in ("train", "test") else part for part in parts]
+        self.presplit = all((self.root / split).is_dir() for split in SPLITS)
+        parts = [name.split("/") for name in self.names]
+        if self.presplit:
+            outside = [name for name, part in zip(self.names, parts) if part[0] not in SPLITS]
+            if outside:
+                raise VaelabError(
+                    f"{len(outside)} images lie outside train/ and test/ in {root} (e.g. {outside[0]}); "
+                    "move them into one of the two, or remove them"
+                )
+            self.is_test = np.array([part[0] == "test" for part in parts], dtype=bool)
+            for split, count in (("train", (~self.is_test).sum()), ("test", self.is_test.sum())):
+                if not count:
+                    raise VaelabError(f"{root}/{split}/ holds no images; add some, or remove train/ and test/")
+            parts = [part[1:] for part in parts]
         self.classes = tuple(sorted({part[0] for part in parts if len(part) > 1}))
-        self.items = []
-        index = {name: i for i, name in enumerate(self.classes)}
-        for file, part in zip(self.files, parts):
-            relative = file.relative_to(self.root)
-            split = relative.parts[0] if split_dirs and relative.parts[0] in ("train", "test") else None
-            if split_dirs and split is None:
-                continue  # beside train/ and test/: not part of either
-            label = index[part[0]] if len(part) > 1 else 0
-            self.items.append(_Item(file, split, label, relative.as_posix()))
+        loose = [name for name, part in zip(self.names, parts) if len(part) == 1]
+        if self.classes and loose:
+            shown = ", ".join(self.classes[:3]) + (", ..." if len(self.classes) > 3 else "")
+            raise VaelabError(
+                f"{loose[0]} lies beside the class folders ({shown}) in {root}; "
+                "move each image into its class's folder, or remove it"
+            )
+        index = {name: label for label, name in enumerate(self.classes)}
+        self.labels = np.array([index[part[0]] if len(part) > 1 else 0 for part in parts], dtype=np.int64)
 
-    def identity(self) -> dict:
-        stats = [(item.name, *_stat(item.where)) for item in self.items]
-        return {"kind": "folder", "root": str(self.root), "files": stats}
+    def identity_digest(self) -> str:
+        """SHA-256 over the root and each file's relative path, size and mtime: a changed file converts again."""
+        digest = hashlib.sha256(str(self.root).encode())
+        for name in self.names:
+            stat = (self.root / name).stat()
+            digest.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
 
-    def header(self, item: _Item) -> tuple[tuple[int, int], str]:
-        """(width, height) and Pillow mode of an image, from its header alone."""
-        image = _open(item.where, item.name)
-        with image:
-            return image.size, image.mode
+    def convert(self, directory: Path, settings: dict, progress: bool) -> Converted:
+        """Check every header (modes, sizes), then stream each decoded image into the cache."""
+        image_size = settings["image_size"]
+        channels, size = self._scan(image_size, progress)
+        shape = (channels, *((image_size, image_size) if image_size else size))
+        is_test = self.is_test if self.presplit else _held_out(len(self.names), settings, str(self.root))
 
-    def read(self, item: _Item) -> tuple[bytes, object]:
-        data = Path(item.where).read_bytes()
-        return data, _decode(data, item.name)
+        def fill(outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> str:
+            # source_digest: SHA-256 over, file by file in sorted order, "relative path NUL SHA-256(bytes)".
+            digest = hashlib.sha256()
+            filled = dict.fromkeys(SPLITS, 0)
+            bar = tqdm(self.names, desc=f"converting {self.root}", unit="image", disable=not progress)
+            for name, test, label in zip(bar, is_test, self.labels):
+                data = _read_file(self.root / name, name)
+                digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+                split = "test" if test else "train"
+                outputs[split][filled[split]] = _resized(_decode(data, name), channels, image_size)
+                labels[split][filled[split]] = label
+                filled[split] += 1
+            return digest.hexdigest()
 
+        counts = {"train": int((~is_test).sum()), "test": int(is_test.sum())}
+        described = {"source": str(self.root), "kind": "folder", "classes": list(self.classes), **settings}
+        return _build(directory, shape, counts, fill, described)
 
-class _ArraySource:
-    def __init__(self, path: Path) -> None:
-        if not path.is_file():
-            raise VaelabError(f"array file {path} does not exist; pass --data-dir FILE.npy or FILE.npz")
-        if path.suffix.lower() not in ARRAY_SUFFIXES:
-            raise VaelabError(f"{path} is not a .npy or .npz file; save the images with numpy.save or numpy.savez")
-        self.path = path.resolve()
-        self.classes: tuple[str, ...] = ()
-        arrays, labels = _read_arrays(self.path)
-        self.arrays = {split: _check_array(array, f"{path} ({split or 'images'})") for split, array in arrays.items()}
-        shapes = {array.shape[1:3] for array in self.arrays.values()}
-        channels = {_channels_of(array) for array in self.arrays.values()}
-        if len(shapes) > 1 or len(channels) > 1:
-            raise VaelabError(f"{path}: the train and test arrays differ in image shape; give them one (H, W, C)")
-        self.presplit = None not in self.arrays
-        self.items = []
-        for split, array in self.arrays.items():
-            split_labels = labels.get(split)
-            if split_labels is not None and len(split_labels) != len(array):
-                raise VaelabError(f"{path}: {len(split_labels)} labels for {len(array)} images; give one per image")
-            for i in range(len(array)):
-                label = int(split_labels[i]) if split_labels is not None else 0
-                self.items.append(_Item((split, i), split, label, f"{split or 'images'}[{i}]"))
-
-    def identity(self) -> dict:
-        return {"kind": "array", "path": str(self.path), "sha256": _file_sha256(self.path)}
-
-    def header(self, item: _Item) -> tuple[tuple[int, int], str]:
-        array = self.arrays[item.where[0]]
-        return (array.shape[2], array.shape[1]), "L" if _channels_of(array) == 1 else "RGB"
-
-    def read(self, item: _Item) -> tuple[bytes, object]:
-        from PIL import Image
-
-        split, i = item.where
-        pixels = np.ascontiguousarray(self.arrays[split][i])
-        if pixels.ndim == 3 and pixels.shape[2] == 1:
-            pixels = pixels[:, :, 0]
-        return pixels.tobytes(), Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
+    def _scan(self, image_size: int, progress: bool) -> tuple[int, tuple[int, int]]:
+        """(channels, (height, width)) from every file's header; refuses what cannot be read before anything is written."""
+        sizes: dict[tuple[int, int], str] = {}  # (width, height) -> the first file of that size
+        colour = False
+        bar = tqdm(self.names, desc=f"checking {self.root}", unit="image", disable=not progress, leave=False)
+        for name in bar:
+            size, mode = _header(self.root / name, name)
+            _check_mode(mode, name)
+            colour = colour or mode in COLOUR_MODES
+            sizes.setdefault(size, name)
+            if len(sizes) > 1 and not image_size:
+                (a, first), (b, second) = list(sizes.items())[:2]
+                raise VaelabError(
+                    f"the images differ in size: {first} is {a[0]}x{a[1]}, {second} is {b[0]}x{b[1]} (width x height); "
+                    "pass --image-size S to resize the shorter side to S and centre-crop S x S"
+                )
+        width, height = next(iter(sizes))
+        return (3 if colour else 1), (height, width)
 
 
 def _walk_images(root: Path) -> Iterator[Path]:
@@ -216,214 +264,360 @@ def _walk_images(root: Path) -> Iterator[Path]:
         subdirs.sort()
         for name in files:
             path = Path(directory) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():  # a dangling link is no image
                 yield path
 
 
-def _stat(path: object) -> tuple[int, int]:
-    stat = Path(path).stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
-def _read_arrays(path: Path) -> tuple[dict[str | None, np.ndarray], dict[str | None, np.ndarray]]:
-    """{split: images} ({None: images} for one array to split by --test-fraction) and the labels given."""
+def _read_file(path: Path, name: str) -> bytes:
     try:
-        if path.suffix.lower() == ".npy":
-            return {None: np.load(path, mmap_mode="r", allow_pickle=False)}, {}
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise VaelabError(f"cannot read {path} as a numpy array ({error}); save it with numpy.save/savez") from None
-    keys = set(archive.files)
-    if {"train", "test"} <= keys:
-        labels = {s: archive[f"{s}_labels"] for s in ("train", "test") if f"{s}_labels" in keys}
-        return {"train": archive["train"], "test": archive["test"]}, labels
-    for name in ("images", "x"):
-        if name in keys:
-            label_key = next((key for key in ("labels", "y") if key in keys), None)
-            return {None: archive[name]}, ({None: archive[label_key]} if label_key else {})
-    if len(keys) == 1:
-        return {None: archive[next(iter(keys))]}, {}
-    raise VaelabError(
-        f"{path} holds {', '.join(sorted(keys))}: name the arrays train and test (and train_labels, test_labels), "
-        "or give one array named images (and labels)"
-    )
-
-
-def _check_array(array: np.ndarray, where: str) -> np.ndarray:
-    if array.dtype != np.uint8:
-        raise VaelabError(
-            f"{where}: the images are {array.dtype}, but uint8 pixels 0..255 are expected; convert with "
-            "(x * 255).round().astype(numpy.uint8) for values in [0, 1]"
-        )
-    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3)):
-        raise VaelabError(
-            f"{where}: shape {tuple(array.shape)}, but (N, H, W) grey or (N, H, W, C) with C = 1 or 3 is expected; "
-            "drop an alpha channel and reshape"
-        )
-    if array.shape[0] == 0:
-        raise VaelabError(f"{where}: no images (shape {tuple(array.shape)}); give at least one")
-    return array
-
-
-def _channels_of(array: np.ndarray) -> int:
-    return 1 if array.ndim == 3 else int(array.shape[3])
+        return path.read_bytes()
+    except OSError as error:
+        raise VaelabError(f"cannot read {name}: {error.strerror}; check the file and its permissions") from None
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding one image, with the refusals of what cannot be read as 8-bit pixels.
+# A .npy or .npz array of uint8 images.
 
 
-def _open(path: object, name: str):
-    from PIL import Image, UnidentifiedImageError
+class _ArraySource:
+    """uint8 images (N, H, W) or (N, H, W, C), C in 1, 3: one array to split, or train and test arrays."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise VaelabError(f"array file {path} does not exist; pass --data-dir FILE.npy or FILE.npz")
+        if path.suffix.lower() not in ARRAY_SUFFIXES:
+            raise VaelabError(f"{path} is not a .npy or .npz file; save the images with numpy.save or numpy.savez")
+        self.path = path.resolve()
+        self.sha256 = ""
+        with self._open() as opened:
+            if isinstance(opened, np.ndarray):  # the header alone is read: check it before hashing the file
+                _check_images(opened, str(path))
+                self.presplit = False
+            else:
+                self.presplit = set(SPLITS) <= set(opened.files)
+
+    def identity_digest(self) -> str:
+        """The file's SHA-256 (also its source_digest); read in chunks, whatever its size."""
+        if not self.sha256:
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as file:
+                for block in iter(lambda: file.read(_HASH_CHUNK), b""):
+                    digest.update(block)
+            self.sha256 = digest.hexdigest()
+        return self.sha256
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[np.ndarray | np.lib.npyio.NpzFile]:
+        """The .npy memory-mapped (read-only: nothing is read into memory), or the .npz archive (members unread)."""
+        try:
+            opened = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise VaelabError(f"cannot read {self.path} as numpy data ({error}); save it with numpy.save/savez") from None
+        try:
+            yield opened
+        finally:
+            if not isinstance(opened, np.ndarray):
+                opened.close()
+
+    def convert(self, directory: Path, settings: dict, progress: bool) -> Converted:
+        """Check the arrays, then write them channel first into the cache, a block at a time."""
+        image_size = settings["image_size"]
+        with self._open() as opened:
+            parts = self._parts(opened, settings)  # split -> (images, rows to take, labels)
+            first = parts["train"][0]
+            channels = 1 if first.ndim == 3 else int(first.shape[3])
+            shape = (channels, *((image_size, image_size) if image_size else first.shape[1:3]))
+
+            def fill(outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> str:
+                total = sum(len(rows) for _, rows, _ in parts.values())
+                bar = tqdm(total=total, desc=f"converting {self.path}", unit="image", disable=not progress)
+                with bar:
+                    for split, (images, rows, split_labels) in parts.items():
+                        block = max(1, _BLOCK_BYTES // max(1, images[0].nbytes))
+                        for start in range(0, len(rows), block):
+                            taken = rows[start : start + block]
+                            outputs[split][start : start + len(taken)] = _channels_first(
+                                np.asarray(images[taken]), channels, image_size
+                            )
+                            bar.update(len(taken))
+                        labels[split][:] = split_labels[rows] if split_labels is not None else 0
+                return self.identity_digest()
+
+            counts = {split: len(rows) for split, (_, rows, _) in parts.items()}
+            described = {"source": str(self.path), "kind": "array", "classes": [], **settings}
+            return _build(directory, shape, counts, fill, described)
+
+    def _parts(self, opened: np.ndarray | np.lib.npyio.NpzFile, settings: dict) -> dict:
+        """split -> (images, the rows of it that split takes, labels or None), every array checked."""
+        where = str(self.path)
+        if isinstance(opened, np.ndarray):
+            images, labels = opened, None
+        else:
+            keys = set(opened.files)
+            if self.presplit:
+                if ("train_labels" in keys) != ("test_labels" in keys):
+                    raise VaelabError(f"{where} has labels for one split only; give train_labels and test_labels")
+                parts = {}
+                for split in SPLITS:
+                    images = _check_images(_member(opened, split, where), f"{where} ({split})")
+                    labels = _member(opened, f"{split}_labels", where) if f"{split}_labels" in keys else None
+                    parts[split] = (images, np.arange(len(images)), _check_labels(labels, len(images), where))
+                if parts["train"][0].shape[1:] != parts["test"][0].shape[1:]:
+                    shapes = [tuple(parts[split][0].shape[1:]) for split in SPLITS]
+                    raise VaelabError(f"{where}: train images are {shapes[0]}, test {shapes[1]}; give both one shape")
+                return parts
+            name = next((key for key in ("images", "x") if key in keys), None)
+            if name is None and len(keys) != 1:
+                raise VaelabError(
+                    f"{where} holds {', '.join(sorted(keys))}: name the arrays train and test (and train_labels, "
+                    "test_labels), or give one array named images or x (and labels or y)"
+                )
+            images = _member(opened, name or next(iter(keys)), where)
+            label_key = next((key for key in ("labels", "y") if key in keys), None) if name else None
+            labels = _member(opened, label_key, where) if label_key else None
+        images = _check_images(images, where)
+        labels = _check_labels(labels, len(images), where)
+        is_test = _held_out(len(images), settings, where)
+        return {
+            "train": (images, np.flatnonzero(~is_test), labels),
+            "test": (images, np.flatnonzero(is_test), labels),
+        }
+
+
+def _member(archive: np.lib.npyio.NpzFile, key: str, where: str) -> np.ndarray:
+    """One array of an .npz, read into memory (zip members cannot be memory-mapped: for huge sets, use .npy)."""
+    try:
+        return archive[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise VaelabError(f"{where}: cannot read its array {key!r} ({error}); save it again with numpy.savez") from None
+
+
+def _check_images(array: np.ndarray, where: str) -> np.ndarray:
+    if array.ndim not in (3, 4):
+        raise VaelabError(
+            f"{where}: the images have shape {tuple(array.shape)}, but (N, H, W) grey or (N, H, W, C) is expected; "
+            "reshape them"
+        )
+    if array.ndim == 4 and array.shape[3] not in (1, 3):
+        raise VaelabError(
+            f"{where}: {array.shape[3]} channels in shape {tuple(array.shape)}, but 1 (grey) or 3 (RGB) are read; "
+            "drop the alpha channel (x[..., :3]) or reshape"
+        )
+    if array.dtype != np.uint8:
+        raise VaelabError(
+            f"{where}: the images are {array.dtype}, but uint8 pixels 0..255 are expected; convert values in [0, 1] "
+            "with (x * 255).round().astype(np.uint8)"
+        )
+    if min(array.shape) == 0:
+        raise VaelabError(f"{where}: an empty array (shape {tuple(array.shape)}); give at least one image")
+    return array
+
+
+def _check_labels(labels: np.ndarray | None, count: int, where: str) -> np.ndarray | None:
+    """None, or labels (count,) of non-negative integers as int64."""
+    if labels is None:
+        return None
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise VaelabError(
+            f"{where}: labels are {labels.dtype} {tuple(labels.shape)}, but one integer per image ({count},) is "
+            "expected; save them with .astype(np.int64)"
+        )
+    if labels.min() < 0:
+        raise VaelabError(f"{where}: label {int(labels.min())} is negative; number the classes 0..n-1")
+    return labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding, refusing and resizing one image.
+
+
+_PIL_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+
+def _pil_errors() -> tuple[type[BaseException], ...]:
+    """What Pillow raises for an unreadable file: UnidentifiedImageError (an OSError), SyntaxError, struct.error
+    for a cut header, DecompressionBombError for an absurd size."""
+    from PIL import Image
+
+    return (*_PIL_ERRORS, Image.DecompressionBombError)
+
+
+def _header(path: Path, name: str) -> tuple[tuple[int, int], str]:
+    """(width, height) and Pillow mode of an image file, from its header alone."""
+    from PIL import Image
 
     try:
-        return Image.open(path)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        with Image.open(path) as image:
+            return image.size, image.mode
+    except _pil_errors() as error:
         raise VaelabError(f"{name}: not a readable PNG/JPEG ({error}); replace or remove the file") from None
 
 
-def _decode(data: bytes, name: str):
-    """Pillow image of `data`, fully decoded, so that a truncated file fails here, with its name."""
-    from PIL import Image, UnidentifiedImageError
+def _decode(data: bytes, name: str):  # -> PIL.Image.Image
+    """A Pillow image of `data`, fully decoded (load()), so that a truncated file fails here, with its name."""
+    from PIL import Image
 
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except _pil_errors() as error:
         raise VaelabError(f"{name}: corrupt or truncated image ({error}); replace or remove the file") from None
     _check_mode(image.mode, name)
     return image
 
 
 def _check_mode(mode: str, name: str) -> None:
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode in DEEP_MODES:
+        bits = "16" if mode.startswith("I;16") else "32"
         raise VaelabError(
-            f"{name}: a {'16' if mode.startswith('I;16') else '32'}-bit image (mode {mode}); vaelab reads 8-bit "
-            "pixels: convert it to 8-bit grey or RGB first"
+            f"{name}: a {bits}-bit image (mode {mode}), but 8-bit pixels are read; convert it to 8-bit grey or RGB"
         )
     if mode == "CMYK":
-        raise VaelabError(f"{name}: a CMYK image; convert it to RGB first (e.g. PIL: image.convert('RGB'))")
+        raise VaelabError(f"{name}: a CMYK image; convert it to RGB (e.g. Pillow's image.convert('RGB'))")
     if mode not in GREY_MODES + COLOUR_MODES:
-        raise VaelabError(f"{name}: pixel mode {mode} is not 8-bit grey or colour; convert it to L or RGB")
+        raise VaelabError(f"{name}: pixel mode {mode} is neither 8-bit grey nor colour; convert it to L or RGB")
 
 
-def _pixels(image, channels: int, image_size: int) -> np.ndarray:
-    """An image as uint8 (C, H, W): grey or RGB, the shorter side resized to image_size and centre-cropped."""
+def _resized(image, channels: int, image_size: int) -> np.ndarray:
+    """A Pillow image or uint8 (H, W[, C]) array -> uint8 (C, H, W): grey or RGB, the shorter side resized to
+    image_size (bilinear, antialiased when shrinking) and centre-cropped to image_size x image_size (0: as is)."""
     from PIL import Image
 
-    image = image.convert("L" if channels == 1 else "RGB")
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image))
+    with image:
+        converted = image.convert("L" if channels == 1 else "RGB")  # RGBA, LA: alpha dropped
     if image_size:
-        width, height = image.size
+        width, height = converted.size
         scale = image_size / min(width, height)
         size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+        converted = converted.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
         left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.uint8)
+        converted = converted.crop((left, top, left + image_size, top + image_size))
+    array = np.asarray(converted, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+def _channels_last(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) or (C, H, W) -> what Pillow reads: (H, W) grey, (H, W, 3) colour."""
+    if image.ndim == 2:
+        return image
+    return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+
+
+def _channels_first(block: np.ndarray, channels: int, image_size: int) -> np.ndarray:
+    """uint8 (n, H, W) or (n, H, W, C) -> (n, C, H, W), each image resized and cropped if image_size > 0."""
+    if image_size:
+        images = block if block.ndim == 3 else (block[..., 0] if channels == 1 else block)
+        return np.stack([_resized(image, channels, image_size) for image in images])
+    return block[:, None] if block.ndim == 3 else block.transpose(0, 3, 1, 2)
+
+
 # ---------------------------------------------------------------------------------------------
-# The conversion.
+# The seeded split and the writing of one cache entry.
 
 
-def _convert(source: _FolderSource | _ArraySource, directory: Path, settings: dict, progress: bool) -> Converted:
-    image_size, test_fraction, seed = settings["image_size"], settings["test_fraction"], settings["seed"]
-    items = source.items
-    # --- one pass over the headers: sizes, modes, refusals, before anything is written -----------
-    sizes: dict[tuple[int, int], str] = {}
-    colour = False
-    for item in tqdm(items, desc="checking images", unit="image", disable=not progress, leave=False, mininterval=1.0):
-        size, mode = source.header(item)
-        _check_mode(mode, item.name)
-        colour = colour or mode in COLOUR_MODES
-        sizes.setdefault(size, item.name)
-        if len(sizes) > 1 and not image_size:
-            (a, first), (b, second) = list(sizes.items())[:2]
-            raise VaelabError(
-                f"the images differ in size: {first} is {a[0]}x{a[1]}, {second} is {b[0]}x{b[1]}; pass --image-size S "
-                "to resize the shorter side to S and centre-crop S x S"
-            )
-    channels = 3 if colour else 1
-    width, height = (image_size, image_size) if image_size else next(iter(sizes))
-    # --- which image goes where -------------------------------------------------------------------
-    if source.presplit:
-        splits = [item.split for item in items]
-        if "train" not in splits or "test" not in splits:
-            raise VaelabError("train/ and test/ must each hold at least one image; add images or remove the folders")
-    else:
-        if not test_fraction:
-            raise VaelabError(
-                f"{len(items)} images with no train/test split: pass --test-fraction F (e.g. 0.1) or make train/ and "
-                "test/ subfolders"
-            )
-        n_test = max(1, round(test_fraction * len(items)))
-        if n_test >= len(items):
-            raise VaelabError(f"--test-fraction {test_fraction} leaves no training images of {len(items)}; lower it")
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))
-        test = set(order[:n_test].tolist())
-        splits = ["test" if i in test else "train" for i in range(len(items))]
-    counts = {name: splits.count(name) for name in ("train", "test")}
-    # --- stream every image into the memory-mapped outputs --------------------------------------
+def _held_out(count: int, settings: dict, where: str) -> np.ndarray:
+    """(count,) bool: True for the round(test_fraction * count) images a seeded permutation holds out as test."""
+    test_fraction = settings["test_fraction"]
+    if not test_fraction:
+        raise VaelabError(
+            f"{where}: {count} images with no train/test split; pass --test-fraction F (e.g. 0.1) or make train/ and "
+            "test/ subfolders"
+        )
+    n_test = max(1, round(test_fraction * count))
+    if n_test >= count:
+        raise VaelabError(f"--test-fraction {test_fraction} of {count} images leaves none to train on; lower it")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(settings["seed"])).numpy()
+    is_test = np.zeros(count, dtype=bool)
+    is_test[order[:n_test]] = True
+    return is_test
+
+
+def _build(
+    directory: Path,
+    shape: tuple[int, int, int],
+    counts: dict[str, int],
+    fill: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], str],
+    described: dict,
+) -> Converted:
+    """Write one cache entry: fill(images, labels) writes every image (N, C, H, W) and label and returns the
+    source digest; the arrays are staged beside their targets and renamed into place, meta.json last.
+
+    Any failure (a bad image, a full disk, Ctrl-C) removes what this conversion wrote; other entries are untouched.
+    """
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise VaelabError(f"cannot write the cache {directory} ({error.strerror}); set VAELAB_DATA to a writable dir")
-    (directory / META_NAME).unlink(missing_ok=True)
-    shape = (channels, height, width)
-    temporary = {name: directory / f".{name}.{os.getpid()}.npy" for name in ("train", "test")}
-    outputs = {
-        name: np.lib.format.open_memmap(temporary[name], mode="w+", dtype=np.uint8, shape=(counts[name], *shape))
-        for name in ("train", "test")
-    }
-    labels = {name: np.empty(counts[name], dtype=np.int64) for name in ("train", "test")}
-    filled = {"train": 0, "test": 0}
-    source_hash = hashlib.sha256()
-    bar = tqdm(items, desc=f"converting {source_name(source)}", unit="image", disable=not progress, mininterval=1.0)
+        raise VaelabError(
+            f"cannot create the cache {directory} ({error.strerror}); set VAELAB_DATA to a writable directory"
+        ) from None
+    (directory / META_NAME).unlink(missing_ok=True)  # unfinished from here until meta.json is written again
+    targets = {split: directory / f"{split}.npy" for split in SPLITS}
+    staged = {split: temporary_path(target) for split, target in targets.items()}
     try:
-        for item, split in zip(bar, splits):
-            data, image = source.read(item)
-            source_hash.update(item.name.encode() + b"\0" + hashlib.sha256(data).digest())
-            with image:
-                pixels = _pixels(image, channels, image_size)
-            outputs[split][filled[split]] = pixels
-            labels[split][filled[split]] = item.label
-            filled[split] += 1
-        for output in outputs.values():
-            output.flush()
-        del outputs
-        for name in ("train", "test"):
-            os.replace(temporary[name], directory / f"{name}.npy")
+        images = {}
+        for split in SPLITS:
+            remove_stale_temporaries(targets[split])
+            images[split] = np.lib.format.open_memmap(
+                staged[split], mode="w+", dtype=np.uint8, shape=(counts[split], *shape)
+            )
+            _reserve(staged[split], directory)
+        labels = {split: np.zeros(counts[split], dtype=np.int64) for split in SPLITS}
+        source_digest = fill(images, labels)
+        for split in SPLITS:
+            images[split].flush()  # msync: the pages are on disk before the rename publishes them
+        images.clear()  # unmaps them
+        for split in SPLITS:
+            os.replace(staged[split], targets[split])
             buffer = io.BytesIO()
-            np.save(buffer, labels[name])
-            atomic_write(directory / f"{name}_labels.npy", buffer.getvalue(), what="label cache")
-    finally:
-        bar.close()
-        for path in temporary.values():
-            path.unlink(missing_ok=True)
-    meta = {
-        "source": str(getattr(source, "root", getattr(source, "path", ""))),
-        "kind": "folder" if isinstance(source, _FolderSource) else "array",
-        "shape": list(shape),
-        "channels": channels,
-        "train": counts["train"],
-        "test": counts["test"],
-        "classes": list(source.classes),
-        "source_digest": source_hash.hexdigest(),
-        "cache_digest": _arrays_sha256(directory),
-        **settings,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write(directory / META_NAME, json.dumps(meta, indent=2) + "\n", what="cache description")
+            np.save(buffer, labels[split])
+            atomic_write(directory / f"{split}_labels.npy", buffer.getvalue(), what="label cache")
+        meta = {
+            **described,
+            "shape": list(shape),
+            "channels": shape[0],
+            "train": counts["train"],
+            "test": counts["test"],
+            "source_digest": source_digest,
+            "cache_digest": _cache_sha256(directory),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write(directory / META_NAME, json.dumps(meta, indent=2) + "\n", what="cache description")
+    except BaseException:
+        _discard_unfinished(directory, staged.values())
+        raise
     return read_converted(directory)
 
 
-def source_name(source: _FolderSource | _ArraySource) -> str:
-    return str(getattr(source, "root", getattr(source, "path", "")))
+def _reserve(path: Path, directory: Path) -> None:
+    """Allocate the staged file's blocks now, so a full disk is one error here, not a SIGBUS mid-conversion."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = path.stat().st_size
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as error:
+            if error.errno == 28:  # ENOSPC; other errors (a filesystem without fallocate) are left to the writes
+                raise VaelabError(
+                    f"no space for the {size / 1e6:.0f} MB cache in {directory}; free space or set VAELAB_DATA"
+                ) from None
 
 
-def _arrays_sha256(directory: Path) -> str:
-    """SHA-256 over the bytes of train.npy then test.npy (headers included), read in chunks."""
+def _discard_unfinished(directory: Path, staged: object) -> None:
+    """Remove a failed conversion's files (never when meta.json says another process finished it)."""
+    with contextlib.suppress(OSError):
+        for path in staged:  # type: ignore[attr-defined]
+            path.unlink(missing_ok=True)
+        if not (directory / META_NAME).exists():
+            for name in ("train.npy", "test.npy", "train_labels.npy", "test_labels.npy"):
+                (directory / name).unlink(missing_ok=True)
+            directory.rmdir()
+
+
+def _cache_sha256(directory: Path) -> str:
+    """cache_digest: SHA-256 over the bytes of train.npy then test.npy (their .npy headers included)."""
     digest = hashlib.sha256()
     for name in ("train.npy", "test.npy"):
         with open(directory / name, "rb") as file:
@@ -432,32 +626,11 @@ def _arrays_sha256(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(_HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def image_shape(images: torch.Tensor) -> tuple[int, int, int]:
-    """(C, H, W) of stored images: (N, H, W) grey, or (N, C, H, W)."""
-    if images.dim() == 3:
-        return (1, int(images.shape[1]), int(images.shape[2]))
-    return tuple(int(n) for n in images.shape[1:])  # type: ignore[return-value]
-
-
-def resize_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 (N, [C,] H, W) images -> (N, C, S, S): the shorter side resized to S, centre-cropped (as folders are)."""
-    from PIL import Image
-
-    channels = image_shape(images)[0]
-    out = np.empty((images.shape[0], channels, image_size, image_size), dtype=np.uint8)
-    for i in range(images.shape[0]):
-        array = images[i].numpy()
-        array = array if array.ndim == 2 else (array[0] if channels == 1 else array.transpose(1, 2, 0))
-        out[i] = _pixels(Image.fromarray(np.ascontiguousarray(array)), channels, image_size)
-    return torch.from_numpy(out)
-
-
-__all__ = ["Converted", "converted_entries", "image_shape", "load_images", "read_converted", "resize_images"]
+__all__ = [
+    "Converted",
+    "converted_entries",
+    "image_shape",
+    "load_images",
+    "read_converted",
+    "resize_images",
+]

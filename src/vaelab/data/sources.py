@@ -74,8 +74,8 @@ _DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclass(frozen=True)
 class Split:
-    """One split: images uint8 in 0..255, (N, 28, 28) for MNIST's and IDX files, (N, C, H, W) for users' folders
-    and arrays (memory-mapped from the cache); labels (N,) int64."""
+    """One split: images uint8 in 0..255, (N, 28, 28) for MNIST's, (N, H, W) for IDX files (N, C, S, S) once
+    resized, (N, C, H, W) for users' folders and arrays (memory-mapped from the cache); labels (N,) int64."""
 
     images: torch.Tensor  # (N, H, W) or (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
@@ -162,7 +162,8 @@ def _check_digest(name: str, stem: str, raw: bytes, where: Path | str) -> None:
 
 
 def _split(images: torch.Tensor, labels: torch.Tensor, where: str, any_size: bool = False) -> Split:
-    """Check images (N, 28, 28) (any (N, H, W) with any_size) and labels (N,) in 0..9; return labels as int64."""
+    """Check images (N, 28, 28) and labels (N,) in 0..9; with any_size (a user's IDX files), images (N, H, W) and
+    labels 0..255 (EMNIST's IDX files hold up to 62 classes). Return labels as int64."""
     if images.dim() != 3 or (not any_size and tuple(images.shape[1:]) != (IMAGE_SIDE, IMAGE_SIDE)):
         expected = "(N, H, W)" if any_size else "(N, 28, 28)"
         raise VaelabError(f"{where}: images have shape {tuple(images.shape)}, expected {expected}; wrong file?")
@@ -172,7 +173,7 @@ def _split(images: torch.Tensor, labels: torch.Tensor, where: str, any_size: boo
         raise VaelabError(
             f"{where}: {labels.shape[0]} labels for {images.shape[0]} images; the two files must come as a pair"
         )
-    if int(labels.max()) >= NUM_CLASSES:
+    if not any_size and int(labels.max()) >= NUM_CLASSES:
         raise VaelabError(f"{where}: label {int(labels.max())} is outside 0..9; is that the right labels file?")
     return Split(images=images, labels=labels.long())
 
@@ -194,7 +195,10 @@ def _load_verified(name: str, files: dict[str, Path], source: Path) -> Dataset:
     if name in OFFICIAL_SHA256:
         for stem in IDX_FILES:
             _check_digest(name, stem, raws[stem], files[stem])
-    return Dataset(name=name, train=train, test=test, source=str(source))
+        return Dataset(name=name, train=train, test=test, source=str(source))
+    # A user's files have no published digest: record theirs, over the four uncompressed files in IDX_FILES order.
+    source_digest = hashlib.sha256(b"".join(raws[stem] for stem in IDX_FILES)).hexdigest()
+    return Dataset(name=name, train=train, test=test, source=str(source), source_digest=source_digest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ def load_dataset(
     image_size: int = 0,
     test_fraction: float = 0.0,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Dataset:
     """Load a dataset: the one loader behind `vaelab train`, `evaluate` and `plot`.
 
