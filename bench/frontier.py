@@ -173,10 +173,14 @@ def main() -> None:
         metavar="CSV",
         help="train nothing: merge these frontier.csv files into OUT",
     )
+    parser.add_argument("--title", default="", help="with --replot: the figure's title (say what the stars are)")
     options = parser.parse_args()
     if options.replot:
         rows = [row for path in options.replot for row in read_rows(path)]
-        title = "dynamically binarized MNIST; curve: -L_100 on 1000 test images, star: -L_5000 on all 10 000"
+        title = (
+            options.title
+            or "dynamically binarized MNIST; curve: -L_100 on 1000 test images, star: -L_5000 on all 10 000"
+        )
         write_outputs(rows, options.out, title)
         return
     if options.threads:

@@ -130,3 +130,46 @@ def test_torchrun_splits_the_shards_and_gives_one_process_s_result(tiny_idx_dir,
     launched = torchrun(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "two")], tmp_path / "l")
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert _numbers(tmp_path / "two" / "eval.json") == _numbers(tmp_path / "one" / "eval.json")
+
+
+def test_an_8_bit_run_reports_bits_per_dimension_beside_nats(tmp_path, capsys):
+    import math
+
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, (30, 6, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "set.npz", train=images[:24], test=images[24:])
+    os.environ["VAELAB_DATA"] = str(tmp_path / "cache")
+    try:
+        run = tmp_path / "run"
+        args = ["--dataset", "array", "--data-dir", str(tmp_path / "set.npz"), "--network", "conv", "--channels", "2"]
+        run_ok(
+            [
+                "train",
+                *args,
+                "--likelihood",
+                "logistic",
+                "--latent-dim",
+                "2",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+                "--no-progress",
+            ],
+            capsys,
+        )
+        out = run_ok(["evaluate", "--checkpoint", str(run), "--k", "1", "5", "--no-progress"], capsys)
+    finally:
+        del os.environ["VAELAB_DATA"]
+    assert "bits/dim" in out and "grey-level targets" not in out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["dims"] == 90
+    for estimate in result["iwae"]:
+        expected = -estimate["mean"] / (90 * math.log(2))
+        assert result["bits_per_dim"][f"L_{estimate['k']}"] == pytest.approx(expected, rel=1e-12)
+        assert 0 < expected < 12  # a code length per 8-bit subpixel, near 8 for an untrained model of noise
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert metrics[0].endswith("test_bpd") and float(metrics[1].split(",")[-1]) > 0
