@@ -55,22 +55,24 @@ def run_info(args: argparse.Namespace) -> int:
         return describe(args)
     print(f"cache: {data.default_cache_dir()}  (set VAELAB_DATA to move it)")
     print(f"  {'dataset':<14} {'state':<22} {'MB':>6}  directory")
-    for entry in data.info():
+    report = data.info()
+    for entry in (entry for entry in report if "converted" not in entry):
         state = "verified" if entry["verified"] else (entry["problem"] or "unverified")
         print(f"  {entry['dataset']:<14} {state:<22.22} {entry['bytes'] / 1e6:6.1f}  {entry['dir']}")
         if entry["complete"] and not entry["verified"]:
             print(f"    {entry['problem']}; run `vaelab data fetch --dataset {entry['dataset']}` to rebuild it")
-    entries = data.converted()
+    entries = [entry["converted"] for entry in report if "converted" in entry]
     if entries:
-        print(f"  converted images ({len(entries)}):")
+        print(f"  converted images ({len(entries)}): kind, source, C x H x W, counts, cache sha256, MB, directory")
     for entry in entries:
         if "problem" in entry:
-            print(f"    {entry['dir']}: {entry['problem']}; delete it and convert again")
+            print(f"    {entry['dir']}: {entry['problem']}; delete it, or load the data set again to rebuild it")
             continue
         channels, height, width = entry["shape"]
         print(
             f"    {entry['kind']:<6} {entry['source']}: {channels}x{height}x{width}, {entry['train']} train + "
-            f"{entry['test']} test, cache sha256 {entry['cache_digest'][:16]}...  {entry['dir']}"
+            f"{entry['test']} test, sha256 {entry['cache_digest'][:16]}..., {entry['bytes'] / 1e6:.1f} MB  "
+            f"{entry['dir']}"
         )
     return 0
 
@@ -100,6 +102,7 @@ def describe(args: argparse.Namespace) -> int:
             f"{' ...' if len(dataset.classes) > 10 else ''}"
         )
     if dataset.cache_digest:
-        print(f"  cache    sha256 {dataset.cache_digest}")
+        print(f"  cache    sha256 {dataset.cache_digest}  (train.npy then test.npy)")
+    if dataset.source_digest:
         print(f"  source   sha256 {dataset.source_digest}")
     return 0

@@ -50,7 +50,7 @@ SPLITS = ("train", "test")
 CONVERTED_DIR = "converted"
 META_NAME = "meta.json"
 CACHE_FORMAT = 1  # part of the key: a change of layout converts again rather than misreading
-_HASH_CHUNK = 1 << 22
+_HASH_CHUNK = 1 << 20
 _BLOCK_BYTES = 1 << 26  # an array is converted in blocks of about 64 MB
 
 
@@ -216,9 +216,9 @@ class _FolderSource:
     def convert(self, directory: Path, settings: dict, progress: bool) -> Converted:
         """Check every header (modes, sizes), then stream each decoded image into the cache."""
         image_size = settings["image_size"]
+        is_test = self.is_test if self.presplit else _held_out(len(self.names), settings, str(self.root))
         channels, size = self._scan(image_size, progress)
         shape = (channels, *((image_size, image_size) if image_size else size))
-        is_test = self.is_test if self.presplit else _held_out(len(self.names), settings, str(self.root))
 
         def fill(outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> str:
             # source_digest: SHA-256 over, file by file in sorted order, "relative path NUL SHA-256(bytes)".
@@ -239,7 +239,7 @@ class _FolderSource:
         return _build(directory, shape, counts, fill, described)
 
     def _scan(self, image_size: int, progress: bool) -> tuple[int, tuple[int, int]]:
-        """(channels, (height, width)) from every file's header; refuses what cannot be read before anything is written."""
+        """(channels, (height, width)) from every file's header: what cannot be read is refused before any writing."""
         sizes: dict[tuple[int, int], str] = {}  # (width, height) -> the first file of that size
         colour = False
         bar = tqdm(self.names, desc=f"checking {self.root}", unit="image", disable=not progress, leave=False)
@@ -299,11 +299,7 @@ class _ArraySource:
     def identity_digest(self) -> str:
         """The file's SHA-256 (also its source_digest); read in chunks, whatever its size."""
         if not self.sha256:
-            digest = hashlib.sha256()
-            with open(self.path, "rb") as file:
-                for block in iter(lambda: file.read(_HASH_CHUNK), b""):
-                    digest.update(block)
-            self.sha256 = digest.hexdigest()
+            self.sha256 = _sha256_files([self.path])
         return self.sha256
 
     @contextlib.contextmanager
@@ -312,7 +308,9 @@ class _ArraySource:
         try:
             opened = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
-            raise VaelabError(f"cannot read {self.path} as numpy data ({error}); save it with numpy.save/savez") from None
+            raise VaelabError(
+                f"cannot read {self.path} as numpy data ({error}); save it with numpy.save/savez"
+            ) from None
         try:
             yield opened
         finally:
@@ -325,7 +323,7 @@ class _ArraySource:
         with self._open() as opened:
             parts = self._parts(opened, settings)  # split -> (images, rows to take, labels)
             first = parts["train"][0]
-            channels = 1 if first.ndim == 3 else int(first.shape[3])
+            channels = _channels(first)
             shape = (channels, *((image_size, image_size) if image_size else first.shape[1:3]))
 
             def fill(outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> str:
@@ -362,9 +360,17 @@ class _ArraySource:
                     images = _check_images(_member(opened, split, where), f"{where} ({split})")
                     labels = _member(opened, f"{split}_labels", where) if f"{split}_labels" in keys else None
                     parts[split] = (images, np.arange(len(images)), _check_labels(labels, len(images), where))
-                if parts["train"][0].shape[1:] != parts["test"][0].shape[1:]:
-                    shapes = [tuple(parts[split][0].shape[1:]) for split in SPLITS]
-                    raise VaelabError(f"{where}: train images are {shapes[0]}, test {shapes[1]}; give both one shape")
+                (train_h, train_w), (test_h, test_w) = (parts[split][0].shape[1:3] for split in SPLITS)
+                channels = [_channels(parts[split][0]) for split in SPLITS]
+                if channels[0] != channels[1]:
+                    raise VaelabError(
+                        f"{where}: train images have {channels[0]} channels, test {channels[1]}; give both one"
+                    )
+                if (train_h, train_w) != (test_h, test_w) and not settings["image_size"]:
+                    raise VaelabError(
+                        f"{where}: train images are {train_w}x{train_h}, test {test_w}x{test_h} (width x height); "
+                        "pass --image-size S to resize the shorter side to S and centre-crop S x S"
+                    )
                 return parts
             name = next((key for key in ("images", "x") if key in keys), None)
             if name is None and len(keys) != 1:
@@ -411,6 +417,11 @@ def _check_images(array: np.ndarray, where: str) -> np.ndarray:
     if min(array.shape) == 0:
         raise VaelabError(f"{where}: an empty array (shape {tuple(array.shape)}); give at least one image")
     return array
+
+
+def _channels(images: np.ndarray) -> int:
+    """C of images (N, H, W) (1) or (N, H, W, C)."""
+    return 1 if images.ndim == 3 else int(images.shape[3])
 
 
 def _check_labels(labels: np.ndarray | None, count: int, where: str) -> np.ndarray | None:
@@ -618,11 +629,18 @@ def _discard_unfinished(directory: Path, staged: object) -> None:
 
 def _cache_sha256(directory: Path) -> str:
     """cache_digest: SHA-256 over the bytes of train.npy then test.npy (their .npy headers included)."""
+    return _sha256_files([directory / "train.npy", directory / "test.npy"])
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    """SHA-256 over the files' bytes one after the other, through one reused buffer (memory flat at any size)."""
     digest = hashlib.sha256()
-    for name in ("train.npy", "test.npy"):
-        with open(directory / name, "rb") as file:
-            for block in iter(lambda: file.read(_HASH_CHUNK), b""):
-                digest.update(block)
+    buffer = bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    for path in paths:
+        with open(path, "rb") as file:
+            while read := file.readinto(buffer):
+                digest.update(view[:read])
     return digest.hexdigest()
 
 

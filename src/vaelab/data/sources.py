@@ -187,18 +187,15 @@ def _load_verified(name: str, files: dict[str, Path], source: Path) -> Dataset:
     any_size = name == USER_DATASET
     train = _split(tensors[TRAIN_IMAGES], tensors[TRAIN_LABELS], f"{source} (train)", any_size)
     test = _split(tensors[TEST_IMAGES], tensors[TEST_LABELS], f"{source} (t10k)", any_size)
-    if any_size and train.images.shape[1:] != test.images.shape[1:]:
-        raise VaelabError(
-            f"{source}: training images are {tuple(train.images.shape[1:])}, test images "
-            f"{tuple(test.images.shape[1:])}; give both splits one size"
-        )
     if name in OFFICIAL_SHA256:
         for stem in IDX_FILES:
             _check_digest(name, stem, raws[stem], files[stem])
         return Dataset(name=name, train=train, test=test, source=str(source))
     # A user's files have no published digest: record theirs, over the four uncompressed files in IDX_FILES order.
-    source_digest = hashlib.sha256(b"".join(raws[stem] for stem in IDX_FILES)).hexdigest()
-    return Dataset(name=name, train=train, test=test, source=str(source), source_digest=source_digest)
+    digest = hashlib.sha256()
+    for stem in IDX_FILES:
+        digest.update(raws[stem])
+    return Dataset(name=name, train=train, test=test, source=str(source), source_digest=digest.hexdigest())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +248,13 @@ def load_dataset(
             cache_digest=meta["cache_digest"],
         )
     dataset = _load_idx_dataset(name, data_dir, download, cache_dir)
+    train_size, test_size = (tuple(split.images.shape[1:]) for split in (dataset.train, dataset.test))
+    if train_size != test_size and not image_size:
+        raise VaelabError(
+            f"{dataset.source}: training images are {train_size[1]}x{train_size[0]}, test images "
+            f"{test_size[1]}x{test_size[0]} (width x height); pass --image-size S to resize the shorter side to S and "
+            "centre-crop S x S"
+        )
     if image_size:
         if name != USER_DATASET:
             raise VaelabError(f"--image-size resizes users' images; {name} is 28x28 as published: drop --image-size")
@@ -316,12 +320,15 @@ def fetch(name: str = "mnist", cache_dir: str | Path | None = None) -> Path:
 
 
 def converted(cache_dir: str | Path | None = None) -> list[dict]:
-    """meta.json of every user image set converted into the cache (source, shape, counts, digests, dir)."""
+    """meta.json of every user image set converted into the cache: source, kind, shape [C, H, W], channels,
+    train, test (counts), classes, source_digest, cache_digest, settings, plus dir and bytes; an unfinished
+    conversion is {dir, bytes, problem}."""
     return converted_entries(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
 
 
 def info(cache_dir: str | Path | None = None) -> list[dict]:
-    """One dict per dataset: dataset, dir, complete, verified, bytes (on disk), problem, files.
+    """One dict per cached dataset: dataset, dir, complete, verified, bytes (on disk), problem, files; then one
+    per converted image set, with `converted` (its meta.json, as `converted()` gives it) added.
 
     Each entry of files is {name, path, present, bytes}; verifying hashes the decoded bytes.
     """
@@ -350,6 +357,19 @@ def info(cache_dir: str | Path | None = None) -> list[dict]:
                 "bytes": sum(entry["bytes"] for entry in entries),
                 "problem": problem,
                 "files": entries,
+            }
+        )
+    for entry in converted(cache_dir):
+        report.append(
+            {
+                "dataset": entry.get("kind", "converted"),
+                "dir": entry["dir"],
+                "complete": "problem" not in entry,
+                "verified": False,  # a user's images have no published digest to check
+                "bytes": entry["bytes"],
+                "problem": entry.get("problem", ""),
+                "files": [],
+                "converted": entry,
             }
         )
     return report
