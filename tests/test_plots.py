@@ -488,8 +488,7 @@ def test_the_end_of_training_draws_in_the_models_shape(spec, tmp_path, capsys):
 @pytest.mark.parametrize("epochs", [1, 2, 3, 7, 40])
 def test_loss_curves_tick_whole_epochs_only(epochs):
     history = [
-        {"epoch": e, "train_loss": 100.0 - e, "test_loss": 101.0 - e, "test_kl": 20.0 + e}
-        for e in range(1, epochs + 1)
+        {"epoch": e, "train_loss": 100.0 - e, "test_loss": 101.0 - e, "test_kl": 20.0 + e} for e in range(1, epochs + 1)
     ]
     figure = plots.loss_curves(history)
     figure.canvas.draw()

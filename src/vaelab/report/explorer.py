@@ -89,8 +89,8 @@ def _ops(module: nn.Module) -> list[dict[str, Any]]:
         if type(module) is kind:
             return [{"op": "act", "name": name}]
     raise VaelabError(
-        f"the report's explorer runs vaelab's MLP and convolutional decoders; this one holds a {type(module).__name__}; "
-        "report on a model built by vaelab"
+        f"the report's explorer runs vaelab's MLP and convolutional decoders; this one holds a "
+        f"{type(module).__name__}; report on a model built by vaelab"
     )
 
 
