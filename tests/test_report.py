@@ -63,14 +63,16 @@ class OpenedPage:
         self.page.wait_for_function("window.explorerReady === true", timeout=10_000)
 
     def pixels(self) -> np.ndarray:
-        """The decoded image's grey levels as the canvas holds them, (P,) in 0..255."""
+        """The decoded grey image's levels as the canvas holds them, (P,) in 0..255 (checked grey and opaque)."""
         rgba = self.page.evaluate(
             """() => {
                 const canvas = document.getElementById("decoded");
                 return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);
             }"""
         )
-        return np.asarray(rgba, dtype=np.float64).reshape(-1, 4)[:, 0]
+        rgba = np.asarray(rgba, dtype=np.float64).reshape(-1, 4)
+        assert (rgba[:, :3] == rgba[:, :1]).all() and (rgba[:, 3] == 255).all()  # R = G = B, as MNIST always looked
+        return rgba[:, 0]
 
     def explorer_data(self) -> dict:
         return self.page.evaluate("() => JSON.parse(document.getElementById('explorer-data').textContent)")
@@ -89,6 +91,10 @@ def expected_levels(model, h) -> np.ndarray:
 
 def assert_canvas_is_the_decoder(opened, model, u, v):
     point = opened.page.evaluate(f"window.decodeAt({u}, {v})")
+    size = opened.page.evaluate(
+        "() => [document.getElementById('decoded').width, document.getElementById('decoded').height]"
+    )
+    assert size == [28, 28]  # MNIST-size grey, one canvas pixel per image pixel
     levels = opened.pixels()
     expected = expected_levels(model, point["h"])
     assert levels.shape == expected.shape

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,11 @@ from typing import Any
 from vaelab.errors import VaelabError
 
 REPORT_NAME = "report.html"
-RUN_FILES = ("checkpoint.pt", "config.json")  # what makes a directory a vaelab run
+CHECKPOINT_NAME = "checkpoint.pt"  # what makes a directory a vaelab run (it holds the TrainConfig too)
+# `vaelab train` also writes config.json (the settings as given, the data's digests) and names its data there;
+# a run trained through the Python API (vaelab.train(config, train_x, test_x, run_dir)) has no config.json and
+# its images were tensors in memory, so its report spreads the explorer's plane over draws from the prior.
+CONFIG_NAME = "config.json"
 # The pictures in the order the page shows them; any other PNG follows, by name. loss.png sits with the metrics.
 FIGURE_ORDER = (
     "samples.png",
@@ -34,16 +39,15 @@ CURVES_NAME = "loss.png"
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    """`run_dir` as a Path if it holds a vaelab run (checkpoint.pt and config.json), else a VaelabError."""
+    """`run_dir` as a Path if it holds a vaelab run (a checkpoint.pt), else a VaelabError."""
     path = Path(run_dir)
-    fix = "pass the directory that `vaelab train --out DIR` wrote"
+    fix = "pass the directory that `vaelab train --out DIR` (or vaelab.train's run_dir) wrote"
     if not path.exists():
         raise VaelabError(f"no run directory {path}; {fix}")
     if not path.is_dir():
         raise VaelabError(f"{path} is not a directory; {fix}")
-    missing = [name for name in RUN_FILES if not (path / name).is_file()]
-    if missing:
-        raise VaelabError(f"{path} is not a vaelab run (no {' and no '.join(missing)}); {fix}")
+    if not (path / CHECKPOINT_NAME).is_file():
+        raise VaelabError(f"{path} is not a vaelab run (no {CHECKPOINT_NAME}); {fix}")
     return path
 
 
@@ -51,19 +55,21 @@ def build_report(run_dir: str | Path) -> str:
     """The report page of the run in `run_dir` as HTML text, with every picture and the decoder inside it."""
     from vaelab import __version__
     from vaelab.checkpoint import load_model
+    from vaelab.config import to_dict
     from vaelab.report.explorer import explorer_data
     from vaelab.report.page import ReportContent, render
 
     run_dir = check_run_dir(run_dir)
-    config_dict = _read_json(run_dir / "config.json")
     model, config = load_model(run_dir)
+    from_cli = (run_dir / CONFIG_NAME).is_file()
+    config_dict = _read_json(run_dir / CONFIG_NAME) if from_cli else to_dict(config)
     metrics = _read_metrics(run_dir / "metrics.csv")
     evaluation = _read_json(run_dir / "eval.json") if (run_dir / "eval.json").is_file() else None
     command = (run_dir / "command.txt").read_text() if (run_dir / "command.txt").is_file() else None
     content = ReportContent(
         run_name=run_dir.resolve().name,
         run_dir=str(run_dir.resolve()),
-        summary=summary(config, metrics),
+        summary=summary(config, metrics, data=None if from_cli else "data given as tensors"),
         written_at=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         config=config_dict,
         command=command,
@@ -71,29 +77,45 @@ def build_report(run_dir: str | Path) -> str:
         curves=_curves(run_dir, metrics),
         evaluation=evaluation,
         figures=_figures(run_dir),
-        explorer=explorer_data(model, config),
+        explorer=explorer_data(model, config, source="test" if from_cli else "prior"),
     )
     return render(content, __version__)
 
 
-def summary(config: Any, metrics: list[dict[str, str]]) -> str:
-    """One line: the model, the objective, the data and the last test -ELBO, from a TrainConfig and metrics rows."""
+LIKELIHOOD_NAMES = {"bernoulli": "Bernoulli", "logistic": "discretized logistic"}
+
+
+def summary(config: Any, metrics: list[dict[str, str]], data: str | None = None) -> str:
+    """One line: the model, the objective, the data (`data`, else the config's data set) and the last test -ELBO
+    (and bits/dim where they apply), from a TrainConfig and metrics rows."""
     spec, objective = config.model, config.objective
     layers = f"{spec.layers} stochastic layer{'s' if spec.layers > 1 else ''}"
     latent = "+".join(str(d) for d in spec.latent_dims)
-    hidden = "+".join(str(h) for h in spec.hidden)
+    if spec.network == "mlp":
+        hidden = "+".join(str(h) for h in spec.hidden)
+        network = f"hidden {hidden} x {spec.depth} {spec.activation}"
+    else:
+        network = f"{spec.network} ({spec.channels} channels, depth {spec.depth}, {spec.activation})"
     prior = "N(0, I) prior" if spec.prior == "normal" else f"VampPrior ({spec.pseudo_inputs} pseudo-inputs)"
-    likelihood = "Bernoulli" if spec.likelihood == "bernoulli" else f"Gaussian (std {spec.likelihood_std:g})"
+    if spec.likelihood == "gaussian":
+        likelihood = f"Gaussian (std {spec.likelihood_std:g})"
+    elif spec.likelihood == "logistic-mixture":
+        likelihood = f"mixture of {spec.mixture_components} discretized logistics"
+    else:
+        likelihood = LIKELIHOOD_NAMES.get(spec.likelihood, spec.likelihood)
+    shape = f" ({' x '.join(str(n) for n in spec.shape)})" if spec.shape is not None else ""
     extras = {"iwae": f", k = {objective.k}", "dreg": f", k = {objective.k}", "beta": f", beta = {objective.beta:g}"}
     line = (
-        f"VAE, {layers}: latent {latent}, hidden {hidden} x {spec.depth} {spec.activation}, {prior}, {likelihood}; "
-        f"objective {objective.name}{extras.get(objective.name, '')}; {config.dataset}"
+        f"VAE, {layers}: latent {latent}, {network}, {prior}, {likelihood}; "
+        f"objective {objective.name}{extras.get(objective.name, '')}; {data or config.dataset}{shape}"
     )
     if metrics:
         last = metrics[-1]
         line += f"; {float(last.get('epoch', len(metrics))):g} epochs"
         try:
             line += f"; test -ELBO {float(last['test_loss']):.2f} nats per image"
+            bits = float(last.get("test_bpd", "nan"))
+            line += f" ({bits:.3f} bits/dim)" if math.isfinite(bits) else ""
         except (KeyError, ValueError):
             pass
     return line

@@ -3,7 +3,8 @@
 Everything is inline in the page: no fonts, scripts or styles are fetched (the page opens offline
 and from a mail attachment). The script reads the JSON block `explorer-data` written by
 `vaelab.report.explorer.explorer_data` and exposes, for tests and the curious, `window.decodeAt(u, v)`,
-`window.setCoordinate(j, value)` and `window.latentPoint` ({coordinates, h}).
+`window.setCoordinate(j, value)`, `window.latentPoint` ({coordinates, h}) and `window.explorerDecoder`
+({parameters(h), means(parameters)}: the decoder's program and the likelihood's E[x|h], in float64).
 """
 
 STYLE_CSS = """
@@ -130,29 +131,34 @@ EXPLORER_JS = r"""
     return { data: out, shape: [rows] };
   }
 
-  // a plain NCHW convolution (one image), zero padding, any stride: out[o, y, x] = b[o] + sum w[o, i, dy, dx] in[...]
-  function conv(op, x) {
+  // a plain NCHW convolution of one image with zero padding, as torch's Conv2d (groups 1, dilation 1):
+  // out[o, y, x] = b[o] + sum_{i, dy, dx} w[o, i, dy, dx] in[i, y sy + dy - py, x sx + dx - px]. Each
+  // (o, i, dy, dx) adds one weight times a shifted input row to the output rows it reaches, over the columns it
+  // reaches: no bounds test per pixel.
+  function conv2d(op, x) {
     const [outC, inC, kh, kw] = op.shape;
     const [, h, w] = x.shape;
-    const s = op.stride, p = op.padding;
-    const oh = Math.floor((h + 2 * p - kh) / s) + 1, ow = Math.floor((w + 2 * p - kw) / s) + 1;
+    const [sy, sx] = op.stride, [py, px] = op.padding, input = x.data, weights = op.weight;
+    const oh = Math.floor((h + 2 * py - kh) / sy) + 1, ow = Math.floor((w + 2 * px - kw) / sx) + 1;
     const out = new Float64Array(outC * oh * ow);
+    // the output indices [first, last) whose source index (index * stride + offset - pad) lies in [0, size)
+    const first = (pad, offset, stride) => Math.max(0, Math.ceil((pad - offset) / stride));
+    const last = (pad, offset, stride, size, outSize) => Math.min(outSize, Math.ceil((size + pad - offset) / stride));
     for (let o = 0; o < outC; o++) {
       const base = o * oh * ow;
       out.fill(op.bias[o], base, base + oh * ow);
       for (let i = 0; i < inC; i++) {
         const plane = i * h * w;
         for (let dy = 0; dy < kh; dy++) {
+          const yFirst = first(py, dy, sy), yLast = last(py, dy, sy, h, oh);
           for (let dx = 0; dx < kw; dx++) {
-            const weight = op.weight[((o * inC + i) * kh + dy) * kw + dx];
+            const weight = weights[((o * inC + i) * kh + dy) * kw + dx];
             if (weight === 0) continue;
-            for (let y = 0; y < oh; y++) {
-              const sy = y * s + dy - p;
-              if (sy < 0 || sy >= h) continue;
-              const row = plane + sy * w, target = base + y * ow;
-              for (let xx = 0; xx < ow; xx++) {
-                const sx = xx * s + dx - p;
-                if (sx >= 0 && sx < w) out[target + xx] += weight * x.data[row + sx];
+            const xFirst = first(px, dx, sx), xLast = last(px, dx, sx, w, ow);
+            for (let y = yFirst; y < yLast; y++) {
+              const row = plane + (y * sy + dy - py) * w + dx - px, target = base + y * ow;
+              for (let column = xFirst; column < xLast; column++) {
+                out[target + column] += weight * input[row + column * sx];
               }
             }
           }
@@ -162,17 +168,22 @@ EXPLORER_JS = r"""
     return { data: out, shape: [outC, oh, ow] };
   }
 
-  // torch's nn.Upsample(size, mode="nearest"): output pixel i reads input floor(i * in / out)
+  // torch's nn.Upsample(size, mode="nearest") on the CPU: output index i reads min(in - 1, floor(i * scale)),
+  // scale = in / out, with the scale and the product rounded to float32 as torch computes them (the exact
+  // floor(i * in / out) picks another pixel at some sizes, e.g. 2 -> 82).
+  function nearestSources(size, outSize) {
+    const scale = Math.fround(size / outSize);
+    return Int32Array.from({ length: outSize }, (_, i) => Math.min(size - 1, Math.floor(Math.fround(i * scale))));
+  }
   function upsample(op, x) {
     const [c, h, w] = x.shape;
     const [oh, ow] = op.size;
+    const rows = nearestSources(h, oh), columns = nearestSources(w, ow);
     const out = new Float64Array(c * oh * ow);
     for (let k = 0; k < c; k++) {
       for (let y = 0; y < oh; y++) {
-        const sy = Math.min(h - 1, Math.floor((y * h) / oh));
-        for (let xx = 0; xx < ow; xx++) {
-          out[(k * oh + y) * ow + xx] = x.data[(k * h + sy) * w + Math.min(w - 1, Math.floor((xx * w) / ow))];
-        }
+        const source = (k * h + rows[y]) * w, target = (k * oh + y) * ow;
+        for (let column = 0; column < ow; column++) out[target + column] = x.data[source + columns[column]];
       }
     }
     return { data: out, shape: [c, oh, ow] };
@@ -181,7 +192,7 @@ EXPLORER_JS = r"""
   function run(ops, x) {
     for (const op of ops) {
       if (op.op === "linear") x = linear(op, x);
-      else if (op.op === "conv") x = conv(op, x);
+      else if (op.op === "conv2d") x = conv2d(op, x);
       else if (op.op === "upsample") x = upsample(op, x);
       else if (op.op === "reshape") x = { data: x.data, shape: op.shape };
       else if (op.op === "act") x = { data: x.data.map(ACTIVATIONS[op.name]), shape: x.shape };
@@ -196,10 +207,18 @@ EXPLORER_JS = r"""
   // --- E[x|h] from the parameters, as vaelab.distributions computes it ---------------------------
   const LEVELS = 255, HALF_BIN = 1 / 255;
   const channels = data.decoder.channels, positions = data.decoder.positions;
+  // E[v] = sum_{j=1}^{255} sigmoid((mu - e_j) / s), e_j = y_j - 1/255 the lower edge of level j's bin. With
+  // t_j = exp((e_j - mu) / s) the terms are 1 / (1 + t_j) and t_{j+1} = r t_j, r = exp(2 / (255 s)): two exp
+  // per subpixel instead of 255. The walk starts at the level nearest mu and goes both ways, so a t that
+  // underflows to 0 (or overflows to infinity) only does so where the terms are 1 (or 0) to double precision.
   function logisticMean(location, logScale) {
     const inverseScale = Math.exp(-Math.max(logScale, data.decoder.log_scale_min));
-    let expected = 0;
-    for (let j = 1; j <= LEVELS; j++) expected += sigmoid((location - (2 * j / LEVELS - 1 - HALF_BIN)) * inverseScale);
+    const ratio = Math.exp(2 * HALF_BIN * inverseScale);
+    const nearest = Math.min(LEVELS, Math.max(1, Math.round(((location + 1) * LEVELS + 1) / 2)));
+    const start = Math.exp((2 * nearest / LEVELS - 1 - HALF_BIN - location) * inverseScale);
+    let expected = 1 / (1 + start);
+    for (let j = nearest + 1, t = start; j <= LEVELS; j++) expected += 1 / (1 + (t *= ratio));
+    for (let j = nearest - 1, t = start; j >= 1; j--) expected += 1 / (1 + (t /= ratio));
     return expected / LEVELS;
   }
   function means(params) {
@@ -211,6 +230,7 @@ EXPLORER_JS = r"""
       for (let i = 0; i < size; i++) out[i] = logisticMean(params[i], params[size + i]);
       return out;
     }
+    if (kind !== "logistic-mixture") throw new Error("no mean for the likelihood " + kind);
     // logistic-mixture: rows (M, S) = K logits, K*C locations, K*C log-scales, K*C(C-1)/2 coefficients
     const K = data.decoder.components, C = channels, S = positions, pairs = (C * (C - 1)) / 2;
     const at = (row, s) => params[row * S + s];
@@ -236,9 +256,10 @@ EXPLORER_JS = r"""
     return out;
   }
 
-  function decode(h) {
-    return means(run(program, { data: Float64Array.from(h), shape: [h.length] }).data);
+  function parameters(h) {
+    return run(program, { data: Float64Array.from(h), shape: [h.length] }).data;
   }
+  const decode = (h) => means(parameters(h));
 
   // --- the plane: h = center + sum_j c_j directions[j]; the pointer sets c_0, c_1 ---------------
   const plane = data.plane;
@@ -257,20 +278,28 @@ EXPLORER_JS = r"""
     return h;
   }
 
-  // --- the decoded image: one canvas pixel per image pixel, level round(255 E[x|h]), grey or RGB ----
+  // --- the decoded image: one canvas pixel per image pixel, level round(255 E[x|h]): RGB for 3 channels, grey for
+  // one, and any other number of channels as grey tiles side by side (channel c at columns c W .. c W + W - 1)
   const [imageChannels, height, width] = data.image_shape;
+  const rgb = imageChannels === 3, tiles = rgb ? 1 : imageChannels;
   const imageCanvas = document.getElementById("decoded");
-  imageCanvas.width = width;
+  imageCanvas.width = width * tiles;
   imageCanvas.height = height;
   const imageContext = imageCanvas.getContext("2d", { willReadFrequently: true });
 
   function drawImage(means) {
-    const image = imageContext.createImageData(width, height);
+    const image = imageContext.createImageData(width * tiles, height);
     const level = (value) => Math.round(255 * Math.min(1, Math.max(0, value)));
     const plane = width * height;
-    for (let p = 0; p < plane; p++) {
-      for (let c = 0; c < 3; c++) image.data[4 * p + c] = level(means[(imageChannels === 3 ? c : 0) * plane + p]);
-      image.data[4 * p + 3] = 255;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const p = y * width + x;
+        for (let tile = 0; tile < tiles; tile++) {
+          const at = 4 * (y * width * tiles + tile * width + x);
+          for (let c = 0; c < 3; c++) image.data[at + c] = level(means[(rgb ? c : tile) * plane + p]);
+          image.data[at + 3] = 255;
+        }
+      }
     }
     imageContext.putImageData(image, 0, 0);
   }
@@ -278,6 +307,7 @@ EXPLORER_JS = r"""
   // --- the plane view: the test codes as dots (coloured by label), the current point ------------
   const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+  const UNLABELLED = "#7f8ea3";
   const planeCanvas = document.getElementById("plane");
   const ratio = window.devicePixelRatio || 1;
   const side = Math.round(planeCanvas.getBoundingClientRect().width || 400);
@@ -325,9 +355,10 @@ EXPLORER_JS = r"""
       context.setLineDash([]);
     }
     const points = float32s(data.points.coordinates); // (N, 2)
+    const labels = data.points.labels; // null for draws from the prior
     context.globalAlpha = 0.5;
     for (let n = 0; n < data.points.count; n++) {
-      context.fillStyle = COLOURS[data.points.labels[n] % COLOURS.length];
+      context.fillStyle = labels ? COLOURS[labels[n] % COLOURS.length] : UNLABELLED;
       context.beginPath();
       context.arc(toPixel(points[2 * n]), size - toPixel(points[2 * n + 1]), 1.7 * ratio, 0, 2 * Math.PI);
       context.fill();
@@ -350,7 +381,7 @@ EXPLORER_JS = r"""
 
   // --- the legend, the sliders, the readout ---------------------------------------------------
   const legend = document.getElementById("legend");
-  [...new Set(data.points.labels)].sort((a, b) => a - b).forEach((label) => {
+  [...new Set(data.points.labels || [])].sort((a, b) => a - b).forEach((label) => {
     const item = document.createElement("span");
     const swatch = document.createElement("span");
     swatch.className = "swatch";
@@ -406,6 +437,10 @@ EXPLORER_JS = r"""
     coordinates[0] = u;
     coordinates[1] = dim > 1 ? v : 0;
     return update();
+  };
+  window.explorerDecoder = {
+    parameters: (h) => Array.from(parameters(h)),
+    means: (params) => Array.from(means(Float64Array.from(params))),
   };
   window.setCoordinate = function (j, value) {
     coordinates[j] = value;

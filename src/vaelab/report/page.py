@@ -93,23 +93,27 @@ def render(content: ReportContent, version: str) -> str:
 
 
 def explorer_section(explorer: dict[str, Any]) -> str:
-    plane = explorer["plane"]
-    count = explorer["points"]["count"]
+    plane, points = explorer["plane"], explorer["points"]
+    count = points["count"]
     dim = plane["dim"]
+    from_prior = points.get("source") == "prior"
+    # a run trained through the Python API: its images were tensors in memory, so draws from the prior stand in
+    codes = f"{count} draws of h from the prior" if from_prior else f"the posterior means of {count} test images"
+    why = " (the run has no config.json naming its data: it was trained through the Python API)" if from_prior else ""
     if plane["kind"] == "latent":
         note = (
             f"The decoder's latent is 2-D with a N(0, I) prior, so the square is the latent itself, "
             f"z &isin; [&minus;{plane['view_extent']:g}, {plane['view_extent']:g}]&sup2;; dashed circles at 1 and 2 "
-            f"prior standard deviations. Dots: the posterior means of {count} test images."
+            f"prior standard deviations. Dots: {codes}{why}."
         )
     else:
         shares = plane["variance_shares"]
         second = f" and PC 2 {100 * shares[1]:.0f} %" if dim > 1 else ""
         note = (
-            f"The decoder reads a {dim}-D latent h. The square is the plane through the mean of the posterior "
-            f"means of {count} test images along their two leading principal directions (PC 1 holds "
+            f"The decoder reads a {dim}-D latent h. The square is the plane through the mean of {codes}{why} "
+            f"along their two leading principal directions (PC 1 holds "
             f"{100 * shares[0]:.0f} %{second} of their variance), &plusmn;3 standard deviations of PC 1 wide; "
-            "dots are those test images. "
+            "the dots are those codes. "
             + (f"The sliders move the point along the other {dim - 2} directions." if dim > 2 else "")
         )
     note += (
