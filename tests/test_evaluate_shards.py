@@ -103,20 +103,24 @@ def test_kill_9_mid_evaluation_then_resume_gives_the_same_eval_json(tiny_idx_dir
     run = _trained_run(tiny_idx_dir, tmp_path, capsys)
     args = ["evaluate", "--checkpoint", str(run), "--k", "1", "3000", "--shard-images", "2", "--no-laplace"]
     run_ok([*args, "--out", str(tmp_path / "straight"), "--no-progress"], capsys)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vaelab", *args, "--out", str(tmp_path / "killed")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ONE_THREAD,
-    )
-    try:
-        while not list((tmp_path / "killed").glob(f"{PARTIAL_PREFIX}*/shard-*")):
-            assert process.poll() is None, process.communicate()
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    log = tmp_path / "killed.log"
+    with (
+        open(log, "wb") as errors,
+        subprocess.Popen(
+            [sys.executable, "-m", "vaelab", *args, "--out", str(tmp_path / "killed")],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            env=ONE_THREAD,
+        ) as process,
+    ):  # the context closes every pipe and file, also when an assertion fails
+        try:
+            while not list((tmp_path / "killed").glob(f"{PARTIAL_PREFIX}*/shard-*")):
+                assert process.poll() is None, log.read_text()
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
     assert not (tmp_path / "killed" / "eval.json").exists()
     out = run_ok([*args, "--out", str(tmp_path / "killed"), "--no-progress"], capsys)
     assert "resuming:" in out
