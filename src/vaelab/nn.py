@@ -111,7 +111,7 @@ def _cells(channels: int, depth: int, activation: str, residual: bool) -> list[n
     return layers
 
 
-def _level_channels(channels: int, levels: int) -> list[int]:
+def level_channels(channels: int, levels: int) -> list[int]:
     """Channels at each level: doubled at every halving, at most 8x the first."""
     return [channels * min(2**level, 8) for level in range(levels)]
 
@@ -136,7 +136,7 @@ class ConvEncoder(nn.Module):
         self.shape = tuple(shape)
         sizes = resolutions(shape[1], shape[2])
         halvings = len(sizes) - 1
-        widths = _level_channels(channels, max(halvings, 1))
+        widths = level_channels(channels, max(halvings, 1))
         layers: list[nn.Module] = []
         previous = shape[0]
         for level, width in enumerate(widths):
@@ -174,7 +174,7 @@ class ConvDecoder(nn.Module):
         super().__init__()
         sizes = resolutions(shape[1], shape[2])
         halvings = len(sizes) - 1
-        widths = _level_channels(channels, max(halvings, 1))
+        widths = level_channels(channels, max(halvings, 1))
         self.top = (widths[-1], *sizes[-1])
         self.stem = nn.Linear(in_dim, widths[-1] * sizes[-1][0] * sizes[-1][1])
         layers: list[nn.Module] = [ACTIVATIONS[activation](), nn.Unflatten(1, self.top)]

@@ -157,7 +157,8 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
 
     # --- estimators, shard by shard: done shards are kept on disk, each rank takes its share -----
     plan = ShardPlan(tuple(config.ks), config.seed, config.laplace, config.laplace_k, config.batch_size)
-    fingerprint = _fingerprint(checkpoint_path, config, mode, x.shape[0], args.shard_images)
+    checkpoint_sha256 = _sha256(checkpoint_path)
+    fingerprint = _fingerprint(checkpoint_sha256, config, mode, x.shape[0], args.shard_images)
     store = ShardStore(out_dir / f"{PARTIAL_PREFIX}{fingerprint[:16]}", fingerprint)
     shards = shard_ranges(x.shape[0], args.shard_images)
     mine = shards[distributed.rank :: distributed.world_size]
@@ -227,7 +228,7 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
 
     result = {
         "checkpoint": str(checkpoint_path),
-        "checkpoint_sha256": _sha256(checkpoint_path),
+        "checkpoint_sha256": checkpoint_sha256,
         "dataset": train_config.dataset,
         "split": config.split,
         "images": x.shape[0],
@@ -285,11 +286,11 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def _fingerprint(checkpoint_path: Path, config: EvaluateConfig, mode: str, images: int, shard_images: int) -> str:
+def _fingerprint(checkpoint_sha256: str, config: EvaluateConfig, mode: str, images: int, shard_images: int) -> str:
     """What the shards on disk must have been computed for: the checkpoint's bytes and every setting that moves
     a per-image value (a mismatch starts afresh in another directory)."""
     settings = {
-        "checkpoint_sha256": _sha256(checkpoint_path),
+        "checkpoint_sha256": checkpoint_sha256,
         "ks": list(config.ks),
         "seed": config.seed,
         "split": config.split,

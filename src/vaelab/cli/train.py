@@ -587,10 +587,7 @@ def _fit_to_data(config: TrainConfig, dataset: Any, resuming: bool) -> TrainConf
     the data it was trained on, byte for byte where it recorded the digest.
     """
     shape = tuple(dataset.image_shape)
-    digests = {
-        "data_digest": getattr(dataset, "cache_digest", ""),
-        "source_digest": getattr(dataset, "source_digest", ""),
-    }
+    digests = {"data_digest": dataset.cache_digest, "source_digest": dataset.source_digest}
     if resuming:
         if config.data_digest and digests["data_digest"] and config.data_digest != digests["data_digest"]:
             raise VaelabError(

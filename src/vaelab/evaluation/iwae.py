@@ -28,7 +28,7 @@ from vaelab.evaluation.common import (
 from vaelab.kernels import evaluation_decoder
 from vaelab.config import ModelSpec
 from vaelab.models.base import LatentVariableModel
-from vaelab.nn import resolutions
+from vaelab.nn import level_channels, resolutions
 
 
 def layout(n_images: int, k_max: int, batch_size: int, max_bytes: int, model: LatentVariableModel) -> tuple[int, int]:
@@ -57,7 +57,8 @@ def decoder_activation_floats(spec: ModelSpec) -> int:
         return 0
     channels, height, width = spec.shape
     sizes = resolutions(height, width)
-    maps = sum(spec.channels * min(2**level, 8) * h * w for level, (h, w) in enumerate(sizes[1:] or sizes))
+    levels = sizes[1:] or sizes
+    maps = sum(c * h * w for c, (h, w) in zip(level_channels(spec.channels, len(levels)), levels))
     parameters = 2 * channels * height * width * max(1, spec.mixture_components if "mixture" in spec.likelihood else 1)
     return (3 + 2 * spec.depth) * maps + spec.channels * height * width + 4 * parameters
 
