@@ -134,15 +134,16 @@ def test_patience_stops_when_validation_stops_improving(tmp_path):
 
 
 def test_cosine_schedule_runs_from_lr_to_lr_final():
-    from vaelab.training.state import learning_rate_at
+    from vaelab.training.schedule import learning_rate_at
 
     cosine = config(epochs=4, lr=1e-2, lr_schedule="cosine", lr_final=1e-4)
     assert learning_rate_at(cosine, 0) == pytest.approx(1e-2)
-    assert learning_rate_at(cosine, 2) == pytest.approx((1e-2 + 1e-4) / 2)
-    assert learning_rate_at(cosine, 4) == pytest.approx(1e-4)
+    assert learning_rate_at(cosine, 0.5) == pytest.approx((1e-2 + 1e-4) / 2)
+    assert learning_rate_at(cosine, 1) == pytest.approx(1e-4)
     result = train(cosine, prototypes(64), prototypes(16, seed=1), progress=False)
-    assert [row["lr"] for row in result.history] == pytest.approx([learning_rate_at(cosine, e) for e in (1, 2, 3, 4)])
-    assert learning_rate_at(config(), 3) == 1e-2  # constant
+    expected = [learning_rate_at(cosine, e / 4) for e in (1, 2, 3, 4)]
+    assert [row["lr"] for row in result.history] == pytest.approx(expected)
+    assert learning_rate_at(config(), 0.75) == 1e-2  # constant
 
 
 def test_resume_carries_the_validation_record(tmp_path):

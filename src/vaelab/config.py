@@ -203,8 +203,13 @@ class TrainConfig:
     test_fraction: float = 0.0  # without the user's own train/ and test/: hold out this seeded fraction as test
     data_digest: str = ""  # SHA-256 of the uint8 cache the run trained on (recorded by vaelab train)
     source_digest: str = ""  # SHA-256 over the source files it was converted from
+    budget: float = 0.0  # seconds of training: the schedules run over it and the run stops where it ends; 0 = none
+    budget_plan: tuple[tuple[int, int], ...] = ()  # a budget run's (step, planned steps) re-plans; replayed if given
+    lr_warmup: float = 0.0  # the learning rate rises linearly from 0 over this fraction of the run
+    warmup_fraction: float = 0.0  # the KL weight rises linearly from 0 over this fraction of the run (elbo, beta)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "budget_plan", tuple(tuple(int(v) for v in entry) for entry in self.budget_plan))
         _require(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
         _require(self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})")
         _require(self.image_size >= 0, f"--image-size must be >= 0 (got {self.image_size})")
@@ -245,6 +250,37 @@ class TrainConfig:
         _require(
             math.isfinite(self.lr_final) and 0 <= self.lr_final <= self.lr,
             f"--lr-final must be in [0, --lr] (got {self.lr_final})",
+        )
+        _require(math.isfinite(self.budget) and self.budget >= 0, f"--budget must be >= 0 seconds (got {self.budget})")
+        _require(
+            not (self.budget and self.max_seconds),
+            "--budget lays the schedules over the time and stops at its end; --max-seconds only stops: give one",
+        )
+        _require(
+            not self.budget or self.objective.warmup_epochs == 0,
+            f"--warmup-epochs {self.objective.warmup_epochs:g} counts epochs, which a --budget run does not fix; give "
+            "the KL warm-up as a fraction of the budget (--warmup-fraction 0.2) and --warmup-epochs 0",
+        )
+        _require(not self.budget_plan or self.budget > 0, "budget_plan is a --budget run's record; it needs budget")
+        _require(
+            all(len(entry) == 2 and 0 <= entry[0] < entry[1] for entry in self.budget_plan)
+            and all(a[0] < b[0] for a, b in zip(self.budget_plan, self.budget_plan[1:])),
+            f"budget_plan must be (step, planned steps) pairs with step < planned, steps increasing (got "
+            f"{[list(entry) for entry in self.budget_plan]})",
+        )
+        for name, option in (("lr_warmup", "--lr-warmup"), ("warmup_fraction", "--warmup-fraction")):
+            value = getattr(self, name)
+            _require(
+                math.isfinite(value) and 0 <= value <= 1, f"{option} is a fraction of the run in [0, 1] (got {value})"
+            )
+        _require(
+            not (self.warmup_fraction and self.objective.warmup_epochs),
+            "--warmup-fraction and --warmup-epochs both set the KL warm-up; give one",
+        )
+        _require(
+            self.objective.name in ("elbo", "beta") or self.warmup_fraction == 0,
+            f"--warmup-fraction weights the KL term, which the {self.objective.name} objective does not have; use elbo "
+            "or beta",
         )
         _require(
             not (self.compile and self.detect_anomaly),

@@ -75,6 +75,15 @@ def agree(flag: bool, distributed: Distributed, device: torch.device) -> bool:
     return bool(votes.item())
 
 
+def agree_max(value: float, distributed: Distributed, device: torch.device) -> float:
+    """The largest of every rank's value (e.g. the slowest rank's elapsed seconds), the same on every rank."""
+    if distributed.world_size == 1:
+        return value
+    values = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return float(values.item())
+
+
 def all_reduce_sum(tensor: torch.Tensor, distributed: Distributed) -> torch.Tensor:
     """The sum of `tensor` over ranks (a copy; the input is left alone)."""
     total = tensor.clone()

@@ -148,6 +148,31 @@ PRESETS = {
     )
 }
 
+# Presets for a wall-clock budget (`vaelab train --budget 30m`): the learning rate decays by a cosine to 0 and
+# the KL weight warms up over fractions of the budget, not over epochs (vaelab.training.schedule).
+BUDGET_SCHEDULE = {"lr_schedule": "cosine", "lr_final": 0.0, "epochs": 1_000_000, "patience": 0}
+PRESETS["anytime-two-layer"] = Preset(
+    "anytime-two-layer",
+    TrainConfig(
+        model=PRESETS["vampprior-two-layer"].config.model,
+        budget=1800.0,
+        lr=1e-3,
+        batch_size=100,
+        warmup_fraction=0.25,
+        **BUDGET_SCHEDULE,
+        **PROTOCOL,
+    ),
+    "vampprior-two-layer's model for a wall-clock budget (default 30 minutes): Adam 1e-3 decayed by a cosine to 0 "
+    "and the KL warm-up over the budget's first quarter",
+    None,
+)
+PRESETS["anytime-vamp"] = Preset(
+    "anytime-vamp",
+    dataclasses.replace(PRESETS["anytime-two-layer"].config, model=VAMP_ONE_LAYER),
+    "the vampprior preset's one-layer model with anytime-two-layer's budget schedules",
+    None,
+)
+
 # `best`: the candidate that measured the lowest test NLL after 2 hours of training on one thread
 # of this project's 2-core CPU (docs/likelihood.md, "The frontier"), with that budget built in.
 BEST_OF = "vampprior-two-layer"
@@ -165,3 +190,17 @@ def preset_config(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise VaelabError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name].config, preset=name)
+
+
+# The preset measured best at each budget (seconds of training, bench/anytime.py); a budget between two uses the
+# shorter one's preset.
+BUDGET_PRESETS = ((0.0, "anytime-two-layer"),)
+
+
+def preset_for_budget(seconds: float) -> str:
+    """The name of the preset measured best for a `--budget` of `seconds` (BUDGET_PRESETS)."""
+    chosen = BUDGET_PRESETS[0][1]
+    for start, name in BUDGET_PRESETS:
+        if seconds >= start:
+            chosen = name
+    return chosen

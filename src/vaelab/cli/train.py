@@ -34,6 +34,7 @@ from vaelab.config import (
 )
 from vaelab.errors import VaelabError
 from vaelab.presets import PRESETS
+from vaelab.training.schedule import parse_duration
 
 RUN_OUTPUTS = (
     "config.json",
@@ -68,7 +69,12 @@ FIXED_ON_RESUME = (
     "test_fraction",
     "model",
     "objective",
+    "budget",
+    "budget_plan",
+    "lr_warmup",
+    "warmup_fraction",
 )
+BUDGET_EPOCHS = 1_000_000  # a --budget run's epochs when none are given: the budget ends it, not a count
 RUN_FIELDS = (
     "dataset",
     "data_dir",
@@ -94,6 +100,9 @@ RUN_FIELDS = (
     "max_seconds",
     "image_size",
     "test_fraction",
+    "budget",
+    "lr_warmup",
+    "warmup_fraction",
 )
 MODEL_FIELDS = (
     "input_dim",
@@ -257,6 +266,22 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="stop after the epoch in which training time passes S seconds (default: 0, no limit)",
     )
+    run.add_argument(
+        "--budget",
+        type=str,
+        default=None,
+        metavar="TIME",
+        help="train for this much wall-clock time (90s, 30m, 2h): the learning-rate and warm-up schedules run over "
+        "it, the run stops where it ends, and config.json records the steps taken, so --config RUN/config.json "
+        "replays them exactly; without --preset or --config, the preset measured best for that budget",
+    )
+    run.add_argument(
+        "--lr-warmup",
+        type=float,
+        default=None,
+        metavar="F",
+        help="the learning rate rises linearly from 0 over this fraction of the run (default: 0)",
+    )
     run.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<timestamp>)")
     run.add_argument(
         "--resume",
@@ -360,6 +385,13 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="KL warm-up: the KL weight rises linearly from 0 over this many epochs (elbo, beta; default: 0)",
     )
+    goal.add_argument(
+        "--warmup-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="KL warm-up over this fraction of the run instead (of its --budget, or its --epochs; default: 0)",
+    )
     parser.set_defaults(func=run_command)
 
 
@@ -367,6 +399,8 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
     """The TrainConfig the options describe, on top of `base` (a saved run's config, or the defaults)."""
     base = base or TrainConfig()
     given = {name: value for name, value in vars(args).items() if value is not None}
+    if "budget" in given:
+        given["budget"] = parse_duration(given["budget"])
     run_fields = {name: given[name] for name in RUN_FIELDS if name in given}
     model_fields = {name: given[name] for name in MODEL_FIELDS if name in given}
     layers = given.get("layers", len(given.get("latent_dim", ())) or base.model.layers)
@@ -381,6 +415,9 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
             )
         model_fields[field] = values
     objective_fields = {field: given[option] for option, field in OBJECTIVE_FIELDS.items() if option in given}
+    if "budget" in given:  # a budget given here is a fresh budget run: a saved plan is not replayed
+        run_fields["budget_plan"] = ()
+        run_fields.setdefault("epochs", BUDGET_EPOCHS)
     model = dataclasses.replace(base.model, **model_fields)
     objective = dataclasses.replace(base.objective, **objective_fields)
     return dataclasses.replace(base, model=model, objective=objective, **run_fields)
@@ -432,7 +469,7 @@ def _decide(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]
     """The run directory, its config, and (with --resume) the checkpoint to continue."""
     from vaelab import checkpoint
     from vaelab.config import from_dict, load_json
-    from vaelab.presets import preset_config
+    from vaelab.presets import preset_config, preset_for_budget
 
     out = Path(args.out) if args.out else None
     if args.resume:
@@ -469,7 +506,12 @@ def _decide(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]
         return out, config, saved
     if args.config and args.preset:
         raise VaelabError("--config and --preset both give a starting configuration; give one of them")
-    base = load_json(TrainConfig, args.config) if args.config else preset_config(args.preset) if args.preset else None
+    if args.config:
+        base = load_json(TrainConfig, args.config)
+    elif args.preset or args.budget:
+        base = preset_config(args.preset or preset_for_budget(parse_duration(args.budget)))
+    else:
+        base = None
     config = train_config(args, base)
     run_dir = out or Path("runs") / f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     _refuse_existing_run(run_dir, overwrite=args.overwrite)
@@ -555,21 +597,31 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
             f"{shlex.quote(str(run_dir))} --resume"
         )
         return 130
+    if config.budget and not config.budget_plan and result.budget_plan:
+        # the plan the clock made, recorded so that --config RUN/config.json replays these steps exactly
+        config = dataclasses.replace(config, budget_plan=tuple(result.budget_plan))
+        save_json(config, run_dir / "config.json")
+        print(
+            f"budget: {result.budget_plan[-1][1]} steps planned in {len(result.budget_plan)} re-plans, "
+            f"{sum(row['seconds'] for row in result.history):.1f} s of training; config.json records the plan"
+        )
     test_labels = _first(dataset.test.labels, config.test_size)
     written = _write_pictures(
         result.model, result.history, data.pixels(test_x[:SCATTER_SIZE]), run_dir, config, labels=test_labels
     )
     last = result.history[-1]
     if result.stopped in ("early", "budget"):
-        why = (
-            f"no better validation -ELBO for {config.patience} epochs"
-            if result.stopped == "early"
-            else (f"the --max-seconds {config.max_seconds:g} budget was spent")
-        )
+        if result.stopped == "early":
+            why = f"no better validation -ELBO for {config.patience} epochs"
+        elif config.budget:
+            why = f"the --budget of {config.budget:g} s was spent"
+        else:
+            why = f"the --max-seconds {config.max_seconds:g} budget was spent"
+        of = "" if config.budget else f" of {config.epochs}"
         print(
-            f"stopped after epoch {int(last['epoch'])} of {config.epochs}: {why}; best.pt holds the best on validation"
+            f"stopped after epoch {int(last['epoch'])}{of}: {why}; best.pt holds the best on validation"
             if config.validation_size
-            else f"stopped after epoch {int(last['epoch'])} of {config.epochs}: {why}"
+            else f"stopped after epoch {int(last['epoch'])}{of}: {why}"
         )
     print(
         f"done: test -ELBO {last['test_loss']:.2f} nats/image (reconstruction {last['test_rec']:.2f} + KL "

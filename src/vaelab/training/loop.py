@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vaelab import checkpoint
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
-from vaelab.distributed import Distributed, agree, all_reduce_sum, pick_device, share
+from vaelab.distributed import Distributed, agree, agree_max, all_reduce_sum, pick_device, share
 from vaelab.distributions import bits_per_dim
 from vaelab.evaluation.units import negative_elbo
 from vaelab.kernels import Runtime, training_kernel
@@ -33,7 +33,8 @@ from vaelab.nn import denormals_flushed
 from vaelab.objectives import ObjectiveModule, kl_weight_at
 from vaelab.training.guards import FiniteCheck, StopRequest, check_inputs
 from vaelab.training.metrics import METRICS_NAME, write_metrics
-from vaelab.training.state import TrainState, epochs_since_best, learning_rate_at
+from vaelab.training.schedule import BudgetPlan, learning_rate_at, warmup_weight
+from vaelab.training.state import TrainState, epochs_since_best
 
 # How often the host reads the loss to check that it is finite. On the CPU a read costs nothing,
 # so every step, before the update; on an accelerator a read waits for the device's queue to
@@ -41,6 +42,9 @@ from vaelab.training.state import TrainState, epochs_since_best, learning_rate_a
 # within 50 steps, and what is on disk predates it.
 LOSS_READ_EVERY = {"cpu": 1}
 LOSS_READ_EVERY_ELSEWHERE = 50
+# Under torchrun a --budget run's ranks agree on the elapsed time (the slowest rank's) every this many steps,
+# and re-plan only then, so that every rank keeps the same plan.
+PLAN_SYNC_EVERY = 16
 BEST_NAME = "best.pt"
 
 
@@ -50,8 +54,9 @@ class TrainResult:
 
     model: LatentVariableModel
     history: list[dict[str, float]] = field(default_factory=list)
-    stopped: str = "completed"  # or "interrupted", "early" (--patience) or "budget" (--max-seconds)
+    stopped: str = "completed"  # or "interrupted", "early" (--patience) or "budget" (--max-seconds, --budget)
     checkpoint_path: Path | None = None
+    budget_plan: list[tuple[int, int]] = field(default_factory=list)  # --budget: the (step, planned steps) made
 
 
 def train(
@@ -116,6 +121,15 @@ def train(
     result = TrainResult(model=model, history=state.history, checkpoint_path=checkpoint_path)
     # bits per dimension apply where p(x|z) is a normalised pmf of the pixels the loss sees
     in_bits = model.likelihood.discrete_8bit or (model.likelihood.kind == "bernoulli" and config.binarize != "none")
+    # --budget: the schedules run over the steps the budget is planned to hold (training/schedule.py)
+    plan = BudgetPlan.for_run(config, state.budget_plan) if config.budget else None
+    if plan is not None:
+        state.budget_plan = result.budget_plan = plan.entries  # one list: every checkpoint saves the plan so far
+    trained_before = sum(past["seconds"] for past in state.history)
+    set_lr = config.lr_schedule != "constant" or config.lr_warmup > 0
+    if plan is not None and plan.done(state.epoch * steps_per_epoch + state.step):
+        result.stopped = "budget"  # resumed after its budget was spent: nothing left to train
+        return result
 
     with StopRequest() as stop, anomaly, denormals_flushed(config.denormals == "flush"):
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -127,13 +141,27 @@ def train(
                 range(state.step, steps_per_epoch),
                 initial=state.step,
                 total=steps_per_epoch,
-                desc=f"epoch {epoch}/{config.epochs}",
+                desc=f"epoch {epoch}" if plan is not None else f"epoch {epoch}/{config.epochs}",
                 unit="batch",
                 leave=False,
                 mininterval=0.5,
                 disable=not (progress and distributed.is_main),
             )
+            steps_done = steps_per_epoch
             for step in bar:
+                # --- where the run stands on its schedules: the fractional epoch, or the budget's plan ---
+                global_step = (epoch - 1) * steps_per_epoch + step
+                progress_epochs = epoch - 1 + (step + 1) / steps_per_epoch
+                if plan is not None:
+                    if plan.live and (distributed.world_size == 1 or global_step % PLAN_SYNC_EVERY == 0):
+                        elapsed = trained_before + state.epoch_seconds + time.perf_counter() - started
+                        plan.observe(global_step, agree_max(elapsed, distributed, device))
+                    if plan.done(global_step):  # the budget is spent: this epoch ends here
+                        steps_done = step
+                        break
+                    fraction = plan.fraction(global_step)
+                else:
+                    fraction = progress_epochs / config.epochs
                 # --- batch: the global batch is drawn identically on every rank; each takes a share
                 indices = permutation[step * config.batch_size : (step + 1) * config.batch_size]
                 x = train_x.index_select(0, indices)  # (B, P); 5x faster than train_x[indices] on CPU
@@ -146,11 +174,10 @@ def train(
                     x = torch.bernoulli(x, generator=generator)
                 if distributed.world_size > 1:
                     x, eps = share(x, distributed), share(eps, distributed, dim=1)
-                progress_epochs = epoch - 1 + (step + 1) / steps_per_epoch
-                kl_weight = kl_weight_at(config.objective, progress_epochs)
-                if config.lr_schedule != "constant":
+                kl_weight = kl_weight_at(config.objective, progress_epochs) * warmup_weight(config, fraction)
+                if set_lr:
                     for group in optimizer.param_groups:
-                        group["lr"] = learning_rate_at(config, progress_epochs)
+                        group["lr"] = learning_rate_at(config, fraction)
                 # --- forward (and, with a kernel, the gradient) ---------------------------------
                 if kernel_step is not None:
                     sums = kernel_step(x, eps, kl_weight)  # (loss, reconstruction, KL) summed, float64
@@ -189,7 +216,8 @@ def train(
             seconds = state.epoch_seconds + time.perf_counter() - started
 
             # --- epoch metrics: the training sums over all ranks, the test -ELBO on rank 0 -------
-            train_loss, train_rec, train_kl = (all_reduce_sum(state.running, distributed) / n_train).tolist()
+            seen = min(steps_done * config.batch_size, n_train)  # fewer than n_train where a budget ended the epoch
+            train_loss, train_rec, train_kl = (all_reduce_sum(state.running, distributed) / max(seen, 1)).tolist()
             test_rec, test_kl = negative_elbo(model, test_x, seed=config.seed, device=device)
             valid_loss = (
                 sum(negative_elbo(model, valid_x, seed=config.seed, device=device)) if len(valid_x) else math.nan
@@ -206,6 +234,7 @@ def train(
                 "valid_loss": valid_loss,
                 "lr": optimizer.param_groups[0]["lr"],
                 "test_bpd": bits_per_dim(test_rec + test_kl, config.model.input_dim) if in_bits else math.nan,
+                "steps": (epoch - 1) * steps_per_epoch + steps_done,
             }
             state.history.append(row)
             state.running.zero_()
@@ -227,7 +256,10 @@ def train(
             if agree(stop.requested, distributed, device):  # the signal came during the epoch's last step or its end
                 result.stopped = "interrupted" if epoch < config.epochs else "completed"
                 return result
-            trained_seconds = sum(past["seconds"] for past in state.history)
+            trained_seconds = trained_before = sum(past["seconds"] for past in state.history)
+            if plan is not None and (steps_done < steps_per_epoch or plan.done(epoch * steps_per_epoch)):
+                result.stopped = "budget"
+                return result
             if config.max_seconds and trained_seconds >= config.max_seconds and epoch < config.epochs:
                 result.stopped = "budget"
                 return result

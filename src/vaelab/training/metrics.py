@@ -14,6 +14,7 @@ METRICS_NAME = "metrics.csv"
 # one-sample -ELBO with the run's seed, comparable across objectives and epochs.
 # valid_loss is the validation -ELBO with --validation-size (nan without). test_bpd is test_loss in bits per
 # dimension where the likelihood is a normalised pmf of the pixels (8-bit logistic, Bernoulli on binary data).
+# steps counts the optimizer steps taken since the run began (a --budget run's last epoch may be partial).
 METRICS_COLUMNS = (
     "epoch",
     "train_loss",
@@ -26,6 +27,7 @@ METRICS_COLUMNS = (
     "valid_loss",
     "lr",
     "test_bpd",
+    "steps",
 )
 
 

@@ -49,6 +49,7 @@ class TrainState:
     running: torch.Tensor = field(default_factory=lambda: torch.zeros(len(RUNNING_TERMS), dtype=torch.float64))
     epoch_seconds: float = 0.0  # seconds spent in the current epoch before the last checkpoint
     history: list[dict[str, float]] = field(default_factory=list)
+    budget_plan: list[tuple[int, int]] = field(default_factory=list)  # a --budget run's plan so far (schedule.py)
 
     @classmethod
     def start(cls, config: TrainConfig, device: torch.device) -> TrainState:
@@ -82,6 +83,7 @@ class TrainState:
         # A mid-epoch checkpoint holds the sums of all ranks; rank 0 carries them on.
         state.running = saved["running"].to(device) * float(distributed.is_main)
         state.epoch_seconds = float(saved["epoch_seconds"])
+        state.budget_plan = [tuple(entry) for entry in saved.get("budget_plan", [])]  # older checkpoints have none
         return state
 
     def begin_epoch(self, n_train: int) -> torch.Tensor:
@@ -109,15 +111,8 @@ class TrainState:
             "epoch_seconds": self.epoch_seconds,
             "rng": checkpoint.capture_rng_state(),
             "history": self.history,
+            "budget_plan": [list(entry) for entry in self.budget_plan],
         }
-
-
-def learning_rate_at(config: TrainConfig, progress_epochs: float) -> float:
-    """Adam's learning rate after `progress_epochs` epochs (fractional): constant, or cosine from lr to lr_final."""
-    if config.lr_schedule == "constant":
-        return config.lr
-    fraction = min(1.0, progress_epochs / config.epochs)
-    return config.lr_final + (config.lr - config.lr_final) * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
 def epochs_since_best(history: list[dict[str, float]]) -> int:
