@@ -11,6 +11,7 @@ the test NLL = -L_5000 on all 10 000 test images binarized by one seeded draw
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from vaelab.config import ModelSpec, ObjectiveSpec, TrainConfig
@@ -172,6 +173,21 @@ PRESETS["anytime-vamp"] = Preset(
     "the vampprior preset's one-layer model with anytime-two-layer's budget schedules",
     None,
 )
+PRESETS["anytime-burda"] = Preset(
+    "anytime-burda",
+    dataclasses.replace(
+        PRESETS["anytime-two-layer"].config, model=BURDA_ONE_LAYER, warmup_fraction=0.0, lr_schedule="constant"
+    ),
+    "Burda et al.'s one-layer network (the plain-PyTorch baseline's, bench/burda_baseline.py) for short budgets: "
+    "a constant Adam 1e-3 (at 60 s a cosine to 0 measured 7 nats worse), no KL warm-up",
+    None,
+)
+PRESETS["anytime-resnet"] = Preset(
+    "anytime-resnet",
+    dataclasses.replace(PRESETS["anytime-two-layer"].config, model=RESNET_VAMP, warmup_fraction=0.2),
+    "resnet-vamp's residual networks with anytime-two-layer's budget schedule, KL warm-up over the first fifth",
+    None,
+)
 
 # `best`: the candidate that measured the lowest test NLL after 2 hours of training on one thread
 # of this project's 2-core CPU (docs/likelihood.md, "The frontier"), with that budget built in.
@@ -192,15 +208,13 @@ def preset_config(name: str) -> TrainConfig:
     return dataclasses.replace(PRESETS[name].config, preset=name)
 
 
-# The preset measured best at each budget (seconds of training, bench/anytime.py); a budget between two uses the
-# shorter one's preset.
-BUDGET_PRESETS = ((0.0, "anytime-two-layer"),)
+# The preset that measured the lowest test NLL at each budget (seconds of training; bench/anytime.py, docs/likelihood.md
+# "The anytime table"). Any other budget takes the preset of the measured budget nearest to it on a log scale.
+BUDGET_PRESETS = ((60.0, "anytime-burda"), (300.0, "anytime-burda"), (1800.0, "anytime-two-layer"))
 
 
 def preset_for_budget(seconds: float) -> str:
     """The name of the preset measured best for a `--budget` of `seconds` (BUDGET_PRESETS)."""
-    chosen = BUDGET_PRESETS[0][1]
-    for start, name in BUDGET_PRESETS:
-        if seconds >= start:
-            chosen = name
-    return chosen
+    if not seconds > 0:
+        raise VaelabError(f"a budget must be a positive number of seconds, not {seconds!r}")
+    return min(BUDGET_PRESETS, key=lambda entry: abs(math.log(seconds / entry[0])))[1]

@@ -569,6 +569,10 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
         )
         print(f"run:  {run_dir}   device: {device}   world size: {distributed.world_size}")
         print(f"{training_path(config.model, config.objective, runtime)}")
+        if config.budget and not config.budget_plan:
+            chosen = "" if args.preset or args.config or args.resume else ", the preset measured best for it"
+            preset = f" with preset {config.preset}{chosen}" if config.preset else ""
+            print(f"budget: {config.budget:g} s of training{preset}")
 
     recorder = _EpochRecorder(run_dir, config.seed, tensorboard=args.tensorboard) if distributed.is_main else None
     try:
