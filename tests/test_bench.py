@@ -176,3 +176,34 @@ def test_the_conv_benchmark_counts_each_layer_s_flops_by_the_convolution_arithme
     assert [call.input_shape for call in calls] == [(2, 3, 10, 8), (2, 160)]
     roofline = bench.LayerRoofline(calls, seed=0)
     assert roofline.flops == 3 * sum(call.flops for call in calls) and roofline.gflops(1) > 0
+
+
+def test_the_anytime_table_trains_both_sides_for_each_budget_and_scores_them(tmp_path):
+    """bench/anytime.py --quick on real MNIST: vaelab's budget runs and the plain baseline, each budget kept,
+    each model scored by `vaelab evaluate`, and --table prints the same table from the files."""
+    import csv
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "anytime.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    with open(tmp_path / "anytime.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["model"], float(row["budget_s"])) for row in rows] == [
+        ("anytime-two-layer", 1.0),
+        ("anytime-two-layer", 2.0),
+        ("plain PyTorch (Burda VAE)", 1.0),
+        ("plain PyTorch (Burda VAE)", 2.0),
+    ]
+    for row in rows:
+        assert float(row["seconds"]) >= 0.5 * float(row["budget_s"])  # trained about as long as its budget
+        assert 50 < float(row["nll"]) < 800 and float(row["stderr"]) > 0 and int(row["images"]) == 50
+    vaelab_rows = [row for row in rows if row["model"] == "anytime-two-layer"]
+    assert int(vaelab_rows[1]["steps"]) > int(vaelab_rows[0]["steps"])  # twice the budget, more steps
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    again = subprocess.run(
+        [sys.executable, str(script), "--table", str(tmp_path), "--quick"], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(table) == 3 and table == [line for line in again.stdout.splitlines() if line.startswith("| ")]

@@ -1,0 +1,205 @@
+"""The anytime table: the test NLL reached after each training budget, vaelab's budget presets beside a
+plain-PyTorch Burda VAE (bench/burda_baseline.py), both measured in one run.
+
+    .venv/bin/python bench/anytime.py [--budgets 60 300 1800] [--presets anytime-two-layer] [--threads 1]
+        [--k 5000] [--images 0] [--out anytime] [--quick]
+    .venv/bin/python bench/anytime.py --table OUT      # the table again, from a finished run's files
+
+Two slots run at once, `--threads` each (one core each on a 2-core machine, so that neither side has the
+machine to itself): slot A trains `vaelab train --preset P --budget B` for every preset and budget in
+turn (each budget its own run: the schedules are laid over it); slot B trains the baseline once up to
+the largest budget and keeps its best-on-validation model at every budget (its learning rate is
+constant, so one run serves them all). Then each model's best.pt is scored by `vaelab evaluate --k K
+--no-laplace` on the protocol's test set (all 10 000 images, binarized by one seeded draw; `--images N`
+takes the first N), two evaluations at a time. Training seconds count optimizer steps only, on both
+sides. Writes OUT/anytime.csv and prints the markdown table the README shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+COLUMNS = ("model", "budget_s", "seconds", "epochs", "steps", "nll", "stderr", "k", "images", "eval_s")
+BASELINE = "plain PyTorch (Burda VAE)"
+
+
+def vaelab_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "vaelab", *arguments]
+
+
+def run_logged(argv: list[str], log: Path) -> None:
+    """Run one command with its output in `log`; a failure stops the bench naming the log."""
+    with open(log, "w") as file:
+        code = subprocess.run(argv, stdout=file, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}")
+
+
+def train_jobs(options: argparse.Namespace, out: Path) -> tuple[list[tuple[list[str], Path]], list[str], Path]:
+    """(slot A's vaelab trainings, slot B's baseline command, its log)."""
+    common = ["--threads", str(options.threads), "--no-progress"]
+    if options.quick:
+        common += ["--train-size", "600", "--test-size", "100", "--validation-size", "100"]
+    jobs = [
+        (
+            vaelab_command(
+                "train",
+                "--preset",
+                preset,
+                "--budget",
+                f"{budget:g}s",
+                "--out",
+                str(out / f"{preset}-{budget:g}s"),
+                *common,
+            ),
+            out / f"{preset}-{budget:g}s.log",
+        )
+        for preset in options.presets
+        for budget in sorted(options.budgets)
+    ]
+    baseline = [
+        sys.executable,
+        str(Path(__file__).with_name("burda_baseline.py")),
+        "--budgets",
+        *(f"{b:g}" for b in options.budgets),
+        "--threads",
+        str(options.threads),
+        "--out",
+        str(out),
+        *(["--train-size", "600"] if options.quick else []),
+    ]
+    return jobs, baseline, out / "baseline.log"
+
+
+def models(options: argparse.Namespace, out: Path) -> list[tuple[str, float, Path]]:
+    """(model name, budget, run directory) of every model the run trains."""
+    found = [(preset, b, out / f"{preset}-{b:g}s") for preset in options.presets for b in sorted(options.budgets)]
+    return found + [(BASELINE, b, out / f"baseline-{b:g}s") for b in sorted(options.budgets)]
+
+
+def evaluate_command(options: argparse.Namespace, run_dir: Path) -> list[str]:
+    return vaelab_command(
+        "evaluate",
+        "--checkpoint",
+        str(run_dir / "best.pt"),
+        "--k",
+        str(options.k),
+        "--no-laplace",
+        "--threads",
+        str(options.threads),
+        "--size",
+        str(options.images),
+        "--out",
+        str(run_dir / f"eval-k{options.k}"),
+        "--no-progress",
+    )
+
+
+def row_for(name: str, budget: float, run_dir: Path, k: int) -> dict:
+    """The table's row of one model from its run directory (metrics.csv or baseline.csv, and eval.json)."""
+    result = json.loads((run_dir / f"eval-k{k}" / "eval.json").read_text())
+    bound = next(entry for entry in result["iwae"] if entry["k"] == k)
+    if name == BASELINE:
+        with open(run_dir.parent / "baseline.csv", newline="") as file:
+            trained = next(r for r in csv.DictReader(file) if float(r["budget_s"]) == budget)
+        seconds, epochs, steps = float(trained["seconds"]), float(trained["epochs"]), ""
+    else:
+        with open(run_dir / "metrics.csv", newline="") as file:
+            epochs_run = list(csv.DictReader(file))
+        seconds = sum(float(r["seconds"]) for r in epochs_run)
+        epochs, steps = float(epochs_run[-1]["epoch"]), int(float(epochs_run[-1]["steps"]))
+    return {
+        "model": name,
+        "budget_s": budget,
+        "seconds": round(seconds, 1),
+        "epochs": epochs,
+        "steps": steps,
+        "nll": -bound["mean"],
+        "stderr": bound["stderr"],
+        "k": k,
+        "images": result["images"],
+        "eval_s": round(bound["seconds"], 1),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per model, one column per budget, NLL ± stderr."""
+    budgets = sorted({row["budget_s"] for row in rows})
+    names = list(dict.fromkeys(row["model"] for row in rows))
+    cells = {(row["model"], row["budget_s"]): row for row in rows}
+    lines = [
+        "| model | " + " | ".join(_budget_text(b) for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for name in names:
+        entries = []
+        for budget in budgets:
+            row = cells.get((name, budget))
+            entries.append("–" if row is None else f"{row['nll']:.2f} ± {row['stderr']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def _budget_text(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def collect(options: argparse.Namespace, out: Path) -> list[dict]:
+    rows = [row_for(name, b, run_dir, options.k) for name, b, run_dir in models(options, out)]
+    with open(out / "anytime.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 300.0, 1800.0], help="seconds")
+    parser.add_argument("--presets", nargs="+", default=["anytime-two-layer"])
+    parser.add_argument("--threads", type=int, default=1, help="threads per slot (two slots run at once)")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples of the NLL (the protocol's 5000)")
+    parser.add_argument("--images", type=int, default=0, help="evaluate the first N test images; 0 = all")
+    parser.add_argument("--out", default="anytime")
+    parser.add_argument("--table", metavar="OUT", help="print the table of a finished run in OUT and stop")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 600 images, tiny budgets; no figures")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.budgets, options.k, options.images = [1.0, 2.0], 10, 50
+    if options.table:
+        options.out = options.table
+        print(table(collect(options, Path(options.out))))
+        return
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs, baseline, baseline_log = train_jobs(options, out)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        slot_b = pool.submit(run_logged, baseline, baseline_log)
+        for argv, log in jobs:  # slot A, in turn
+            run_logged(argv, log)
+        slot_b.result()
+        print(f"trained in {time.perf_counter() - started:.0f} s; evaluating")
+        evaluations = [
+            pool.submit(run_logged, evaluate_command(options, run_dir), run_dir.with_suffix(".eval.log"))
+            for _, _, run_dir in models(options, out)
+        ]
+        for future in evaluations:
+            future.result()
+    print(table(collect(options, out)))
+    print(f"wrote {out / 'anytime.csv'} in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
