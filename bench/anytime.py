@@ -26,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vaelab.training.metrics import read_metrics
+
 COLUMNS = ("model", "budget_s", "seconds", "epochs", "steps", "nll", "stderr", "k", "images", "eval_s")
 BASELINE = "plain PyTorch (Burda VAE)"
 
@@ -111,10 +113,9 @@ def row_for(name: str, budget: float, run_dir: Path, k: int) -> dict:
             trained = next(r for r in csv.DictReader(file) if float(r["budget_s"]) == budget)
         seconds, epochs, steps = float(trained["seconds"]), float(trained["epochs"]), ""
     else:
-        with open(run_dir / "metrics.csv", newline="") as file:
-            epochs_run = list(csv.DictReader(file))
-        seconds = sum(float(r["seconds"]) for r in epochs_run)
-        epochs, steps = float(epochs_run[-1]["epoch"]), int(float(epochs_run[-1]["steps"]))
+        epochs_run = read_metrics(run_dir / "metrics.csv")
+        seconds = sum(row["seconds"] for row in epochs_run)
+        epochs, steps = epochs_run[-1]["epoch"], int(epochs_run[-1]["steps"])
     return {
         "model": name,
         "budget_s": budget,

@@ -1,7 +1,6 @@
 """`vaelab evaluate` in shards: a killed evaluation resumes from the shards done and gives the same eval.json,
 torchrun's ranks share the shards with one process's result, and the shard maths merge exactly."""
 
-import csv
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ from vaelab.config import ModelSpec
 from vaelab.evaluation import importance_weighted_evaluation
 from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard, merge_shards, shard_ranges
 from vaelab.models import build_model
+from vaelab.training.metrics import read_metrics
 
 from conftest import run_ok
 from test_distributed import ONE_THREAD, TINY, torchrun
@@ -176,9 +176,8 @@ def test_an_8_bit_run_reports_bits_per_dimension_beside_nats(tmp_path, capsys):
         expected = -estimate["mean"] / (90 * math.log(2))
         assert result["bits_per_dim"][f"L_{estimate['k']}"] == pytest.approx(expected, rel=1e-12)
         assert 0 < expected < 12  # a code length per 8-bit subpixel, near 8 for an untrained model of noise
-    with open(run / "metrics.csv") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_metrics(run / "metrics.csv")
     assert rows
     for row in rows:  # the epoch's test -ELBO in bits per 8-bit subpixel
-        nats = float(row["test_rec"]) + float(row["test_kl"])
-        assert float(row["test_bpd"]) == pytest.approx(nats / (90 * math.log(2)), rel=1e-5)
+        nats = row["test_rec"] + row["test_kl"]
+        assert row["test_bpd"] == pytest.approx(nats / (90 * math.log(2)), rel=1e-5)
