@@ -3,7 +3,7 @@ plain-PyTorch Burda VAE (bench/burda_baseline.py), both measured in one run.
 
     .venv/bin/python bench/anytime.py [--budgets 60 300 1800] [--presets anytime-two-layer] [--threads 1]
         [--k 5000] [--images 0] [--out anytime] [--quick]
-    .venv/bin/python bench/anytime.py --table OUT      # the table again, from a finished run's files
+    .venv/bin/python bench/anytime.py --table OUT      # the table again, from a finished run's anytime.csv
 
 Two slots run at once, `--threads` each (one core each on a 2-core machine, so that neither side has the
 machine to itself): slot A trains `vaelab train --preset P --budget B` for every preset and budget in
@@ -165,6 +165,20 @@ def collect(options: argparse.Namespace, out: Path) -> list[dict]:
     return rows
 
 
+def read_rows(out: Path) -> list[dict]:
+    """The rows a finished run wrote to OUT/anytime.csv, numbers as numbers."""
+    path = out / "anytime.csv"
+    if not path.is_file():
+        raise SystemExit(
+            f"{path} does not exist: --table reads a finished run's OUT; run bench/anytime.py --out {out} first"
+        )
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    for row in rows:
+        row.update(budget_s=float(row["budget_s"]), nll=float(row["nll"]), stderr=float(row["stderr"]))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 300.0, 1800.0], help="seconds")
@@ -179,8 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     if options.quick:
         options.budgets, options.k, options.images = [1.0, 2.0], 10, 50
     if options.table:
-        options.out = options.table
-        print(table(collect(options, Path(options.out))))
+        print(table(read_rows(Path(options.table))))
         return
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
