@@ -1,7 +1,7 @@
 """A plain-PyTorch baseline: Burda et al.'s (2015) one-stochastic-layer VAE, trained for wall-clock budgets.
 
     .venv/bin/python bench/burda_baseline.py [--budgets 60 300 1800] [--threads 1] [--seed 1] [--out baseline]
-        [--train-size N] [--quick]
+        [--train-size N] [--quick] [--resume]
 
 Written without vaelab's models, objectives or training loop, so that vaelab's training can be compared with
 an ordinary PyTorch loop at equal training time (the anytime table). The network is Burda et al.'s
@@ -16,13 +16,19 @@ is written as a vaelab checkpoint, OUT/baseline-<budget>s/best.pt, holding the s
 here evaluates on the test set; `vaelab evaluate --checkpoint OUT/baseline-60s/best.pt --k 5000 --no-laplace`
 does, binarizing the test images exactly as for vaelab's own runs.
 
+While it trains, OUT/baseline-state.pt holds the loop after its last finished epoch (written atomically);
+after a kill, the same command with --resume continues from there with the same draws. The file is removed
+once every budget is written.
+
 Importable with bench/ on sys.path: `from burda_baseline import train_for, to_vaelab_checkpoint`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import io
 import json
 import math
 import sys
@@ -36,6 +42,7 @@ from torch import nn
 
 from vaelab import checkpoint, data
 from vaelab.config import TrainConfig, to_dict
+from vaelab.io import atomic_write
 from vaelab.models import build_model
 from vaelab.presets import BURDA_ONE_LAYER
 
@@ -44,6 +51,7 @@ VALIDATION_IMAGES = 10_000  # the last 10 000 training images, as vaelab's prese
 VALIDATION_CHUNK = 2000  # images per validation batch; also how the validation noise is drawn (as vaelab does)
 LOG_2PI = math.log(2.0 * math.pi)
 CSV_COLUMNS = ("budget_s", "seconds", "epochs", "valid_loss")
+STATE_FILE = "baseline-state.pt"  # the loop's state after its last finished epoch, while the run is under way
 
 # Each baseline layer and the vaelab `burda-vae` parameter it becomes; vaelab's encoder has one head of 2·50
 # outputs, read as (mu, log σ²) in that order, so the two heads are stacked into it (`vaelab_state_dict`).
@@ -186,6 +194,8 @@ def train_for(
     batch_size: int = 100,
     lr: float = 1e-3,
     on_snapshot: Snapshot,
+    on_epoch: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> list[dict[str, float]]:
     """Train a BurdaVAE until the largest budget (seconds of optimizer steps) is spent; snapshot at each budget.
 
@@ -201,6 +211,12 @@ def train_for(
     the (fractional) epochs trained and the best model chosen among the finished epochs' and the current one
     (evaluated on validation then, off the clock). Returns one row per budget: budget_s, seconds, epochs,
     valid_loss (the best model's validation -ELBO, nats per image).
+
+    Resuming: after every epoch's validation, off the clock, `on_epoch(state)` receives everything the loop
+    holds (weights, Adam's moments, the generator, the seconds and epochs trained, the best model, the budgets
+    still to come and the rows so far; a copy, plain tensors and numbers). `train_for(..., resume=state)` with
+    the same arguments continues from it: the same draws and the same steps as the run that wrote it, so on
+    the same clock the two end bit for bit alike. Steps after the last epoch's end are lost, not counted.
     """
     budgets = sorted(float(budget) for budget in budgets_s)
     if not budgets or budgets[0] <= 0:
@@ -217,6 +233,23 @@ def train_for(
     steps_per_epoch = math.ceil(n_train / batch_size)
     best_loss, best_state = math.inf, None  # the best finished epoch
     trained, epochs, rows = 0.0, 0, []
+    settings = {"budgets": list(budgets), "seed": seed, "batch_size": batch_size, "lr": lr}
+    settings["images"] = [n_train, len(valid_x)]
+    if resume is not None:
+        if resume["settings"] != settings:
+            differ = sorted(key for key in settings if resume["settings"].get(key) != settings[key])
+            raise ValueError(
+                f"the saved state was trained with other {', '.join(differ)} ({resume['settings']}); resume with "
+                "the same settings, or start afresh in another --out"
+            )
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        trained, epochs, rows = resume["trained"], resume["epochs"], list(resume["rows"])
+        best_loss, best_state = resume["best_loss"], resume["best_state"]
+        budgets = [budget for budget in budgets if budget not in {row["budget_s"] for row in rows}]
+        if not budgets:
+            return rows
 
     while True:
         permutation = torch.randperm(n_train, generator=generator)
@@ -259,6 +292,31 @@ def train_for(
         epoch_loss = validation_loss(model, valid_targets, valid_noise)
         if epoch_loss < best_loss:
             best_loss, best_state = epoch_loss, _copy_state(model)
+        if on_epoch is not None:
+            state = {
+                "settings": settings,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "trained": trained,
+                "epochs": epochs,
+                "best_loss": best_loss,
+                "best_state": best_state,
+                "rows": rows,
+            }
+            on_epoch(copy.deepcopy(state))
+
+
+def save_state(state: dict, path: Path) -> None:
+    """Write the loop's state (`train_for`'s on_epoch) to `path` atomically: a kill leaves the old file or the new."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue(), what="baseline state")
+
+
+def load_state(path: Path) -> dict:
+    """The loop's state written by `save_state` (plain tensors and numbers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def vaelab_config(seed: int) -> TrainConfig:
@@ -346,6 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run on 500 + 100 synthetic images (budgets 0.5 1 by default)"
     )
+    parser.add_argument(
+        "--resume", action="store_true", help=f"continue the run in OUT from its last epoch's OUT/{STATE_FILE}"
+    )
     options = parser.parse_args(argv)
     budgets = options.budgets or ([0.5, 1.0] if options.quick else [60.0, 300.0, 1800.0])
     if options.quick:
@@ -355,11 +416,24 @@ def main(argv: list[str] | None = None) -> None:
         train_x, valid_x = mnist_pixels(options.train_size)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {**vars(options), "budgets": budgets, "argv": sys.argv, "torch": torch.__version__}
-    (out / "baseline.json").write_text(json.dumps(settings, indent=2) + "\n")
+    state_path = out / STATE_FILE
+    resume = None
+    if options.resume:
+        if not state_path.is_file():
+            raise SystemExit(f"--resume: {state_path} does not exist, so there is nothing to continue; drop --resume")
+        resume = load_state(state_path)
+    elif state_path.is_file():
+        raise SystemExit(
+            f"{out} holds a baseline run in progress ({state_path.name}); pass --resume to continue it, "
+            "or give another --out"
+        )
+    else:
+        settings = {**vars(options), "budgets": budgets, "argv": sys.argv, "torch": torch.__version__}
+        (out / "baseline.json").write_text(json.dumps(settings, indent=2) + "\n")
     valid_targets, valid_noise = validation_set(valid_x, options.seed)
-    rows: list[dict[str, float]] = []
-    print(f"{len(train_x)} training and {len(valid_x)} validation images, budgets {budgets} s", flush=True)
+    rows: list[dict[str, float]] = [] if resume is None else list(resume["rows"])
+    done = f", resuming after {resume['epochs']} epochs, {resume['trained']:.1f} s" if resume else ""
+    print(f"{len(train_x)} training and {len(valid_x)} validation images, budgets {budgets} s{done}", flush=True)
 
     def on_snapshot(budget_s: float, seconds: float, epochs: float, best_state: dict, last_state: dict) -> None:
         model = initial_model(options.seed)
@@ -379,7 +453,17 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-    train_for(budgets, train_x, valid_x, seed=options.seed, threads=options.threads, on_snapshot=on_snapshot)
+    train_for(
+        budgets,
+        train_x,
+        valid_x,
+        seed=options.seed,
+        threads=options.threads,
+        on_snapshot=on_snapshot,
+        on_epoch=lambda state: save_state(state, state_path),
+        resume=resume,
+    )
+    state_path.unlink(missing_ok=True)  # every budget is written: nothing is left to resume
     print(f"wrote {out / 'baseline.csv'}")
 
 

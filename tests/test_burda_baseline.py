@@ -253,3 +253,102 @@ def test_main_quick_writes_a_checkpoint_and_a_row_per_budget(bench, tmp_path):
         assert config.seed == SEED and config.model == BURDA_ONE_LAYER
         assert float(row["seconds"]) >= float(row["budget_s"]) and float(row["valid_loss"]) > 0
     assert json.loads((out / "baseline.json").read_text())["budgets"] == [0.2, 0.4]
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming: the loop's state after an epoch continues the run with the same draws
+# --------------------------------------------------------------------------------------------
+
+
+class TickingClock:
+    """A stand-in for the `time` module whose perf_counter advances a fixed 2^-6 s per call: exact binary
+    fractions, so the seconds trained (differences of readings) do not depend on when the run started."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 2.0**-6
+        return self.now
+
+
+def train_on_a_fake_clock(bench, monkeypatch, tmp_path, *, resume=None, budgets=(0.5, 1.0), lr=1e-3):
+    """train_for on 500 + 100 synthetic images, batch 50, under a TickingClock: (snapshots, epoch states), each
+    state read back from the file `on_epoch` would be saved to, as the bench's main does."""
+    monkeypatch.setattr(bench, "time", TickingClock())
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    images = bench.synthetic_pixels(600)
+    snapshots, states = [], []
+
+    def on_epoch(state):
+        path = tmp_path / f"state-{len(states)}.pt"
+        bench.save_state(state, path)
+        states.append(bench.load_state(path))
+
+    bench.train_for(
+        list(budgets),
+        images[:500],
+        images[500:],
+        seed=SEED,
+        threads=1,
+        batch_size=50,
+        lr=lr,
+        on_snapshot=lambda *args: snapshots.append(args),
+        on_epoch=on_epoch,
+        resume=resume,
+    )
+    return snapshots, states
+
+
+def test_train_for_resumed_after_an_epoch_ends_bit_for_bit_as_the_run_straight_through(bench, monkeypatch, tmp_path):
+    straight, states = train_on_a_fake_clock(bench, monkeypatch, tmp_path / "a")
+    assert len(states) >= 4 and [state["epochs"] for state in states] == list(range(1, len(states) + 1))
+    assert [snapshot[0] for snapshot in straight] == [0.5, 1.0]
+    # resume after epoch 2 (before the first budget's snapshot) and after the last state (after it)
+    for saved in (states[1], states[-1]):
+        assert saved["trained"] < 1.0
+        resumed, _ = train_on_a_fake_clock(bench, monkeypatch, tmp_path / "b", resume=saved)
+        done_before = len(saved["rows"])
+        assert len(resumed) == 2 - done_before
+        for ours, theirs in zip(resumed, straight[done_before:]):
+            assert ours[:3] == theirs[:3]  # budget, seconds trained, epochs: the same floats
+            for state_ours, state_theirs in zip(ours[3:], theirs[3:]):  # the best and the last weights
+                assert state_ours.keys() == state_theirs.keys()
+                assert all(torch.equal(state_ours[key], state_theirs[key]) for key in state_ours)
+    assert states[1]["rows"] == [] and len(states[-1]["rows"]) == 1  # both cases were met
+
+
+def test_train_for_refuses_a_state_of_other_settings(bench, monkeypatch, tmp_path):
+    _, states = train_on_a_fake_clock(bench, monkeypatch, tmp_path, budgets=(0.3,))
+    with pytest.raises(ValueError, match="other lr .*resume with the same settings"):
+        train_on_a_fake_clock(bench, monkeypatch, tmp_path, budgets=(0.3,), lr=3e-4, resume=states[0])
+
+
+def test_main_resume_continues_a_saved_state_and_refuses_to_start_over_it(bench, tmp_path):
+    """main --resume picks the run up from OUT/baseline-state.pt (here one made after the first epoch of the
+    same quick run), writes every budget, and removes the state; a plain rerun beside a state is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    images = bench.synthetic_pixels(600)
+    states = []
+    bench.train_for(
+        [0.2, 0.4],
+        images[:500],
+        images[500:],
+        seed=SEED,
+        threads=1,
+        on_snapshot=lambda *args: None,
+        on_epoch=lambda state: states.append(state) if not states else None,
+    )
+    bench.save_state(states[0], out / bench.STATE_FILE)
+    argv = ["--quick", "--budgets", "0.2", "0.4", "--out", str(out), "--seed", str(SEED)]
+    with pytest.raises(SystemExit, match="pass --resume to continue it"):
+        bench.main(argv)
+    bench.main([*argv, "--resume"])
+    with open(out / "baseline.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [float(row["budget_s"]) for row in rows] == [0.2, 0.4]
+    assert all(float(row["epochs"]) > states[0]["epochs"] for row in rows)  # counted on from the saved epoch
+    assert not (out / bench.STATE_FILE).exists()
+    with pytest.raises(SystemExit, match="nothing to continue; drop --resume"):
+        bench.main([*argv, "--resume"])
