@@ -2,7 +2,7 @@
 plain-PyTorch Burda VAE (bench/burda_baseline.py), both measured in one run.
 
     .venv/bin/python bench/anytime.py [--budgets 60 300 1800] [--presets anytime-two-layer] [--threads 1]
-        [--k 5000] [--images 0] [--out anytime] [--quick]
+        [--k 5000] [--images 0] [--out anytime] [--quick] [--resume]
     .venv/bin/python bench/anytime.py --table OUT      # the table again, from a finished run's anytime.csv
 
 Two slots run at once, `--threads` each (one core each on a 2-core machine, so that neither side has the
@@ -13,6 +13,11 @@ constant, so one run serves them all). Then each model's best.pt is scored by `v
 --no-laplace` on the protocol's test set (all 10 000 images, binarized by one seeded draw; `--images N`
 takes the first N), two evaluations at a time. Training seconds count optimizer steps only, on both
 sides. Writes OUT/anytime.csv and prints the markdown table the README shows.
+
+A run longer than a sitting survives a kill: rerun the same command with --resume. Each job that finished
+left LOG.done and is skipped; a vaelab training continues from its last epoch's checkpoint.pt (`vaelab train
+--resume`), the baseline from its OUT/baseline-state.pt, an evaluation from its finished shards. Seconds
+trained after the last checkpoint are lost, not counted, on both sides.
 """
 
 from __future__ import annotations
@@ -36,12 +41,34 @@ def vaelab_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "vaelab", *arguments]
 
 
+def done_marker(log: Path) -> Path:
+    """The file that says the job logging to `log` finished: written after it exits 0, so --resume skips it."""
+    return log.with_name(log.name + ".done")
+
+
 def run_logged(argv: list[str], log: Path) -> None:
-    """Run one command with its output in `log`; a failure stops the bench naming the log."""
-    with open(log, "w") as file:
+    """Run one command with its output appended to `log` and mark it done; a failure stops the bench naming
+    the log."""
+    with open(log, "a") as file:
         code = subprocess.run(argv, stdout=file, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}")
+        raise SystemExit(f"{' '.join(argv)} failed ({code}); see {log}; rerun with --resume to continue")
+    done_marker(log).touch()
+
+
+def resumed(argv: list[str], log: Path, kind: str, where: Path) -> list[str] | None:
+    """The command that continues one job of an interrupted bench: None if it finished, its --resume form if
+    it left a checkpoint, else the fresh command (with --overwrite for a vaelab run that left files but no
+    checkpoint)."""
+    if done_marker(log).exists():
+        return None
+    if kind == "train":
+        if (where / "checkpoint.pt").exists():
+            return vaelab_command("train", "--out", str(where), "--resume", *argv[argv.index("--threads") :])
+        return [*argv, "--overwrite"] if where.exists() else argv
+    if kind == "baseline" and (where / "baseline-state.pt").exists():
+        return [*argv, "--resume"]
+    return argv  # a baseline from the start, or an evaluation (which resumes from its own finished shards)
 
 
 def train_jobs(options: argparse.Namespace, out: Path) -> tuple[list[tuple[list[str], Path]], list[str], Path]:
@@ -189,6 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="anytime")
     parser.add_argument("--table", metavar="OUT", help="print the table of a finished run in OUT and stop")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 600 images, tiny budgets; no figures")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in OUT (the same options): finished jobs are skipped, trainings resume "
+        "from their checkpoints, evaluations from their finished shards",
+    )
     options = parser.parse_args(argv)
     if options.quick:
         options.budgets, options.k, options.images = [1.0, 2.0], 10, 50
@@ -198,15 +231,25 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs, baseline, baseline_log = train_jobs(options, out)
+    if not options.resume and (baseline_log.exists() or any(log.exists() for _, log in jobs)):
+        raise SystemExit(f"{out} holds an anytime run; pass --resume to continue it, or give another --out")
     started = time.perf_counter()
+
+    def run(argv: list[str], log: Path, kind: str, where: Path) -> None:
+        command = resumed(argv, log, kind, where) if options.resume else argv
+        if command is None:
+            print(f"done already: {log.name}", flush=True)
+        else:
+            run_logged(command, log)
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        slot_b = pool.submit(run_logged, baseline, baseline_log)
+        slot_b = pool.submit(run, baseline, baseline_log, "baseline", out)
         for argv, log in jobs:  # slot A, in turn
-            run_logged(argv, log)
+            run(argv, log, "train", Path(argv[argv.index("--out") + 1]))
         slot_b.result()
-        print(f"trained in {time.perf_counter() - started:.0f} s; evaluating")
+        print(f"trained in {time.perf_counter() - started:.0f} s; evaluating", flush=True)
         evaluations = [
-            pool.submit(run_logged, evaluate_command(options, run_dir), run_dir.with_suffix(".eval.log"))
+            pool.submit(run, evaluate_command(options, run_dir), run_dir.with_suffix(".eval.log"), "evaluate", run_dir)
             for _, _, run_dir in models(options, out)
         ]
         for future in evaluations:

@@ -207,3 +207,17 @@ def test_the_anytime_table_trains_both_sides_for_each_budget_and_scores_them(tmp
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(table) == 3 and table == [line for line in again.stdout.splitlines() if line.startswith("| ")]
+    # the same OUT again: refused without --resume; with it, finished jobs are skipped and an unfinished
+    # one (here the 2 s training, marked undone, and its evaluation, removed) continues to the same table
+    command = [sys.executable, str(script), "--quick", "--out", str(tmp_path)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "pass --resume to continue it" in refused.stderr
+    (tmp_path / "anytime-two-layer-2s.log.done").unlink()
+    (tmp_path / "anytime-two-layer-2s" / "eval-k10" / "eval.json").unlink()
+    (tmp_path / "anytime-two-layer-2s.eval.log.done").unlink()
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:] + resumed.stdout[-2000:]
+    assert "done already: baseline.log" in resumed.stdout and "done already: anytime-two-layer-1s.log" in resumed.stdout
+    log = (tmp_path / "anytime-two-layer-2s.log").read_text()  # both invocations: the run, then its --resume
+    assert log.count("\nrun: ") == 2 and "\nepoch " not in log.split("\nrun: ")[-1]  # its budget was spent
+    assert table == [line for line in resumed.stdout.splitlines() if line.startswith("| ")]
