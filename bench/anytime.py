@@ -56,7 +56,7 @@ def run_logged(argv: list[str], log: Path) -> None:
     done_marker(log).touch()
 
 
-def resumed(argv: list[str], log: Path, kind: str, where: Path) -> list[str] | None:
+def resumed(options: argparse.Namespace, argv: list[str], log: Path, kind: str, where: Path) -> list[str] | None:
     """The command that continues one job of an interrupted bench: None if it finished, its --resume form if
     it left a checkpoint, else the fresh command (with --overwrite for a vaelab run that left files but no
     checkpoint)."""
@@ -64,18 +64,24 @@ def resumed(argv: list[str], log: Path, kind: str, where: Path) -> list[str] | N
         return None
     if kind == "train":
         if (where / "checkpoint.pt").exists():
-            return vaelab_command("train", "--out", str(where), "--resume", *argv[argv.index("--threads") :])
+            return vaelab_command("train", "--out", str(where), "--resume", *common_train_options(options))
         return [*argv, "--overwrite"] if where.exists() else argv
     if kind == "baseline" and (where / "baseline-state.pt").exists():
         return [*argv, "--resume"]
     return argv  # a baseline from the start, or an evaluation (which resumes from its own finished shards)
 
 
-def train_jobs(options: argparse.Namespace, out: Path) -> tuple[list[tuple[list[str], Path]], list[str], Path]:
-    """(slot A's vaelab trainings, slot B's baseline command, its log)."""
+def common_train_options(options: argparse.Namespace) -> list[str]:
+    """The `vaelab train` options every budget run of the bench takes (and its --resume repeats)."""
     common = ["--threads", str(options.threads), "--no-progress"]
     if options.quick:
         common += ["--train-size", "600", "--test-size", "100", "--validation-size", "100"]
+    return common
+
+
+def train_jobs(options: argparse.Namespace, out: Path) -> tuple[list[tuple[list[str], Path]], list[str], Path]:
+    """(slot A's vaelab trainings, slot B's baseline command, its log)."""
+    common = common_train_options(options)
     jobs = [
         (
             vaelab_command(
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
 
     def run(argv: list[str], log: Path, kind: str, where: Path) -> None:
-        command = resumed(argv, log, kind, where) if options.resume else argv
+        command = resumed(options, argv, log, kind, where) if options.resume else argv
         if command is None:
             print(f"done already: {log.name}", flush=True)
         else:
