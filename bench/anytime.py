@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from burda_baseline import STATE_FILE  # bench/, the script's own folder
 from vaelab.training.metrics import read_metrics
 
 COLUMNS = ("model", "budget_s", "seconds", "epochs", "steps", "nll", "stderr", "k", "images", "eval_s")
@@ -66,7 +67,7 @@ def resumed(options: argparse.Namespace, argv: list[str], log: Path, kind: str, 
         if (where / "checkpoint.pt").exists():
             return vaelab_command("train", "--out", str(where), "--resume", *common_train_options(options))
         return [*argv, "--overwrite"] if where.exists() else argv
-    if kind == "baseline" and (where / "baseline-state.pt").exists():
+    if kind == "baseline" and (where / STATE_FILE).exists():
         return [*argv, "--resume"]
     return argv  # a baseline from the start, or an evaluation (which resumes from its own finished shards)
 
