@@ -210,7 +210,12 @@ def preset_config(name: str) -> TrainConfig:
 
 # The preset that measured the lowest test NLL at each budget (seconds of training; bench/anytime.py, docs/likelihood.md
 # "The anytime table"). Any other budget takes the preset of the measured budget nearest to it on a log scale.
-BUDGET_PRESETS = ((60.0, "anytime-burda"), (300.0, "anytime-burda"), (1800.0, "anytime-two-layer"))
+BUDGET_PRESETS = (
+    (60.0, "anytime-burda"),
+    (300.0, "anytime-burda"),
+    (1800.0, "anytime-two-layer"),
+    (7200.0, "anytime-two-layer"),
+)
 
 
 def preset_for_budget(seconds: float) -> str:
