@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import io
 import json
 import math
 import sys
@@ -213,8 +212,8 @@ def train_for(
     valid_loss (the best model's validation -ELBO, nats per image).
 
     Resuming: after every epoch's validation, off the clock, `on_epoch(state)` receives everything the loop
-    holds (weights, Adam's moments, the generator, the seconds and epochs trained, the best model, the budgets
-    still to come and the rows so far; a copy, plain tensors and numbers). `train_for(..., resume=state)` with
+    holds (weights, Adam's moments, the generator, the seconds and epochs trained, the best model and the rows
+    so far, whose budgets a resumed run skips; a copy, plain tensors and numbers). `train_for(..., resume=state)` with
     the same arguments continues from it: the same draws and the same steps as the run that wrote it, so on
     the same clock the two end bit for bit alike. Steps after the last epoch's end are lost, not counted.
     """
@@ -233,8 +232,8 @@ def train_for(
     steps_per_epoch = math.ceil(n_train / batch_size)
     best_loss, best_state = math.inf, None  # the best finished epoch
     trained, epochs, rows = 0.0, 0, []
-    settings = {"budgets": list(budgets), "seed": seed, "batch_size": batch_size, "lr": lr}
-    settings["images"] = [n_train, len(valid_x)]
+    images = [n_train, len(valid_x)]
+    settings = {"budgets": list(budgets), "seed": seed, "batch_size": batch_size, "lr": lr, "images": images}
     if resume is not None:
         if resume["settings"] != settings:
             differ = sorted(key for key in settings if resume["settings"].get(key) != settings[key])
@@ -309,9 +308,7 @@ def train_for(
 
 def save_state(state: dict, path: Path) -> None:
     """Write the loop's state (`train_for`'s on_epoch) to `path` atomically: a kill leaves the old file or the new."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(path, buffer.getvalue(), what="baseline state")
+    atomic_write(path, lambda file: torch.save(state, file), what="baseline state")
 
 
 def load_state(path: Path) -> dict:
