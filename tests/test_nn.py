@@ -9,7 +9,9 @@ from vaelab.config import ModelSpec
 from vaelab.errors import VaelabError
 from vaelab.kernels import Runtime, evaluation_decoder, training_kernel
 from vaelab.models import build_model, reconstruct_means, sample_means
-from vaelab.nn import ConvDecoder, ConvEncoder, ResidualCell, resolutions
+import torch.nn.functional as F
+
+from vaelab.nn import ConvDecoder, ConvEncoder, ResidualCell, UpsamplingConv2d, resolutions
 from vaelab.objectives import dreg, elbo, iwae
 
 
@@ -47,6 +49,61 @@ def test_encoder_and_decoder_handle_any_image_and_mirror_each_other(shape, resid
     assert decoder(torch.randn(2, 3, 3)).shape == (2, 3, 5 * shape[1] * shape[2])
     # the decoder starts from the encoder's last feature map: the same (c_L, h_L, w_L)
     assert decoder.top[1:] == _conv_output_size(shape[1:], encoder.trunk)
+
+
+@pytest.mark.parametrize(
+    ("channels_in", "channels_out", "height", "width"), [(3, 2, 4, 5), (16, 1, 7, 7), (1, 4, 1, 3)]
+)
+def test_an_upsampling_conv_is_nearest_upsampling_then_its_convolution_forward_and_backward(
+    channels_in, channels_out, height, width
+):
+    """Held to torch's own nn.Upsample + conv2d in float64, values and the gradients of weights and input."""
+    torch.manual_seed(0)
+    layer = UpsamplingConv2d(channels_in, channels_out, (2 * height, 2 * width)).double()
+    x = torch.randn(3, channels_in, height, width, dtype=torch.float64, requires_grad=True)
+    ours = layer(x)
+    reference = F.conv2d(nn.Upsample(size=layer.size, mode="nearest")(x), layer.weight, layer.bias, padding=1)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    cotangent = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, (x, layer.weight, layer.bias), cotangent)
+    reference_grads = torch.autograd.grad(reference, (x, layer.weight, layer.bias), cotangent)
+    for a, b in zip(ours_grads, reference_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="takes"):
+        layer(torch.randn(1, channels_in, height + 1, width, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("shape", "doublings"), [((1, 28, 28), 2), ((2, 27, 13), 0), ((1, 26, 26), 1), ((3, 32, 32), 2)]
+)
+def test_a_decoder_computes_what_its_upsample_and_conv2d_form_computes(shape, doublings):
+    """Doubling upsamplings run as UpsamplingConv2d; others (27 x 13 from 14 x 7, 13 from 7) keep nn.Upsample.
+    Either way the decoder is the function of the plain form, nn.Upsample then nn.Conv2d."""
+    torch.manual_seed(0)
+    decoder = ConvDecoder(3, shape, channels=4, depth=1, out_channels=2, residual=True).double()
+
+    def plain(module: nn.Module) -> nn.Module:
+        if isinstance(module, UpsamplingConv2d):
+            conv = nn.Conv2d(module.in_channels, module.out_channels, 3, padding=1).double()
+            conv.load_state_dict(module.state_dict())
+            return nn.Sequential(nn.Upsample(size=module.size, mode="nearest"), conv)
+        for name, child in module.named_children():
+            setattr(module, name, plain(child))
+        return module
+
+    fused = [m for m in decoder.modules() if isinstance(m, UpsamplingConv2d)]
+    assert len(fused) == doublings
+    h = torch.randn(5, 3, dtype=torch.float64)
+    ours = decoder(h)
+    torch.testing.assert_close(ours, plain(decoder)(h), rtol=1e-12, atol=1e-12)
+
+
+def test_a_28x28_decoder_keeps_the_parameter_names_of_the_upsample_and_conv2d_form():
+    """Checkpoints written before UpsamplingConv2d (nn.Upsample at trunk.3, its Conv2d at trunk.4, the last
+    Upsample at the trunk's end) load unchanged."""
+    decoder = ConvDecoder(40, (1, 28, 28), channels=16, depth=1, out_channels=1, residual=True)
+    layers = ["stem", "trunk.2.conv1", "trunk.2.conv2", "trunk.4", "trunk.6.conv1", "trunk.6.conv2", "head"]
+    assert list(decoder.state_dict()) == [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
 
 
 def test_a_residual_cell_starts_as_the_identity_and_learns_a_residual():

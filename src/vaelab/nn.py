@@ -9,7 +9,9 @@ replace did (the PyTorch VAE example's `fc1`..`fc4`).
 `ConvEncoder` and `ConvDecoder` are the convolutional networks next to the image: strided 3x3
 convolutions halve the resolution (channels doubling) until the shorter side is at most 8, and the
 decoder mirrors them with nearest-neighbour upsampling to the encoder's exact sizes, so any H x W
-works. With `residual=True` every level also holds `depth` residual cells
+works. Where the upsampling exactly doubles the size, it and the 3x3 convolution after it run as one
+`UpsamplingConv2d` at the lower resolution (the same function of the same weights, 2-4x faster on a
+CPU). With `residual=True` every level also holds `depth` residual cells
 h + conv(act(conv(act(h)))) (the ResNet blocks of Kingma et al. 2016's IAF VAE and NVAE, without
 normalisation layers, whose batch statistics would tie an image's likelihood to its batch). Both
 take and give flat vectors (..., P) in (C, H, W) order, so everything above them sees the MLP's
@@ -22,6 +24,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus, "gelu": nn.GELU}
@@ -101,6 +104,57 @@ class ResidualCell(nn.Module):
         return h + self.conv2(self.act2(self.conv1(self.act1(h))))
 
 
+# Nearest 2x upsampling u[p] = x[p // 2] followed by a 3x3 kernel w over offsets d in {-1, 0, 1} gives output
+# row 2i + a the input rows i + e, e in {-1, 0, 1}, weighted by (PHASES[a] @ w)[e]: for a = 0 the rows i - 1, i, i
+# (taps w[-1], w[0] + w[1], 0), for a = 1 the rows i, i, i + 1 (taps 0, w[-1] + w[0], w[1]). Zero padding agrees:
+# u[-1] and u[2h] read x[-1] and x[h], both padding.
+PHASES = torch.tensor(
+    [[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]]
+)
+
+
+class UpsamplingConv2d(nn.Conv2d):
+    """x (n, in, h, w) -> conv3x3(nearest 2x upsampling of x): (n, out, 2h, 2w), computed at h x w.
+
+    The same parameters as the Conv2d(in, out, 3, padding=1) it stands for (a checkpoint of either form
+    loads into the other), applied as four phase kernels (PHASES) in one convolution of 4·out channels at
+    the input's resolution, interleaved by a pixel shuffle: no upsampled map is ever made, and the
+    convolution has 4x the output channels at 1/4 of the positions, which a CPU computes far faster
+    (the 16 -> 1 head of a 28x28 decoder: 4x). Equal to upsampling then convolving up to rounding.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, size: tuple[int, int]) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1)
+        self.size = tuple(size)  # the output's (H, W): twice the input's
+        self.register_buffer("phases", PHASES.clone(), persistent=False)
+
+    def phase_weight(self) -> torch.Tensor:
+        """(4·out, in, 3, 3): output channel 4o + 2a + b is out channel o at row phase a, column phase b."""
+        phases = self.phases.to(self.weight.dtype)
+        weight = torch.einsum("aed,bfg,oidg->oabief", phases, phases, self.weight)
+        return weight.reshape(4 * self.out_channels, self.in_channels, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size[0] // 2, self.size[1] // 2):
+            raise ValueError(f"UpsamplingConv2d to {self.size} takes {self.size[0] // 2}x{self.size[1] // 2} inputs")
+        bias = self.bias.repeat_interleave(4) if self.bias is not None else None
+        return F.pixel_shuffle(F.conv2d(x, self.phase_weight(), bias, padding=1), 2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, upsampled to {self.size}"
+
+
+def _upsample_conv(
+    in_channels: int, out_channels: int, source: tuple[int, int], size: tuple[int, int]
+) -> list[nn.Module]:
+    """Nearest upsampling from `source` to `size`, then a 3x3 convolution, as two modules: one UpsamplingConv2d
+    where size doubles source (an nn.Identity keeps the upsampling's place, so the layer indices and the
+    checkpoints of both forms are the same), else nn.Upsample and nn.Conv2d."""
+    if tuple(size) == (2 * source[0], 2 * source[1]):
+        return [nn.Identity(), UpsamplingConv2d(in_channels, out_channels, size)]
+    return [nn.Upsample(size=size, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1)]
+
+
 def _cells(channels: int, depth: int, activation: str, residual: bool) -> list[nn.Module]:
     """`depth` blocks at one resolution: residual cells, or plain [conv3x3, activation] layers."""
     if residual:
@@ -155,7 +209,8 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """h (..., in_dim) -> Linear -> (c_L, h_L, w_L) -> per level up: [blocks, upsample, conv3x3, activation]
-    -> upsample to H x W -> conv3x3 head -> (..., M·H·W).
+    -> upsample to H x W -> conv3x3 head -> (..., M·H·W). An upsampling that doubles the size and the
+    convolution after it are one UpsamplingConv2d (the head too, then).
 
     M = `out_channels` parameters per position (Bernoulli logits: C; discretized logistic: 2C; ...),
     returned flat in (M, H, W) order. The layers mirror ConvEncoder's, sizes included.
@@ -180,20 +235,21 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = [ACTIVATIONS[activation](), nn.Unflatten(1, self.top)]
         for level in range(len(widths) - 1, 0, -1):
             layers += _cells(widths[level], depth, activation, residual)
-            layers += [
-                nn.Upsample(size=sizes[level], mode="nearest"),
-                nn.Conv2d(widths[level], widths[level - 1], 3, padding=1),
-                ACTIVATIONS[activation](),
-            ]
+            layers += _upsample_conv(widths[level], widths[level - 1], sizes[level + 1], sizes[level])
+            layers.append(ACTIVATIONS[activation]())
         layers += _cells(widths[0], depth, activation, residual)
-        if halvings:
-            layers.append(nn.Upsample(size=sizes[0], mode="nearest"))
+        if halvings:  # the last upsampling: the trunk's last layer, or inside the head
+            upsampling, head = _upsample_conv(widths[0], out_channels, sizes[1], sizes[0])
+            layers += [] if isinstance(upsampling, nn.Identity) else [upsampling]
+        else:
+            head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
         self.trunk = nn.Sequential(*layers)
-        self.head = nn.Conv2d(widths[0], out_channels, 3, padding=1)
+        self.head = head
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         batch = h.shape[:-1]
-        features = self.trunk(self.stem(h.reshape(-1, h.shape[-1])))  # (n, c_1, H, W)
+        features = self.trunk(self.stem(h.reshape(-1, h.shape[-1])))  # (n, c_1, H, W), or H/2 x W/2 ahead of
+        # an UpsamplingConv2d head
         return self.head(features).reshape(*batch, -1)
 
 

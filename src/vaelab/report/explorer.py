@@ -25,7 +25,7 @@ from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
 from vaelab.distributions import LOG_SCALE_MIN
 from vaelab.models.base import LatentVariableModel
-from vaelab.nn import ACTIVATIONS, MLP, ConvDecoder, ResidualCell
+from vaelab.nn import ACTIVATIONS, MLP, ConvDecoder, ResidualCell, UpsamplingConv2d
 from vaelab.visualize import Plane, decoder_codes, principal_plane
 
 EXPLORER_IMAGES = 5000  # test images whose posterior means define the plane and dot it
@@ -90,6 +90,10 @@ def _ops(module: nn.Module) -> list[dict[str, Any]]:
         return [{"op": "residual", "ops": [op for child in inner for op in _ops(child)]}]
     if type(module) is nn.Linear:
         return [{"op": "linear", "shape": list(module.weight.shape), **_weights(module)}]
+    if type(module) is nn.Identity:
+        return []
+    if type(module) is UpsamplingConv2d:  # the function it computes: upsample, then its 3x3 convolution
+        return [{"op": "upsample", "size": list(module.size)}, _conv2d_op(module)]
     if (
         type(module) is nn.Conv2d
         and module.groups == 1
@@ -97,15 +101,7 @@ def _ops(module: nn.Module) -> list[dict[str, Any]]:
         and module.padding_mode == "zeros"
         and not isinstance(module.padding, str)
     ):
-        return [
-            {
-                "op": "conv2d",
-                "shape": list(module.weight.shape),
-                "stride": list(module.stride),
-                "padding": list(module.padding),
-                **_weights(module),
-            }
-        ]
+        return [_conv2d_op(module)]
     if type(module) is nn.Unflatten and module.dim in (1, -2) and len(module.unflattened_size) == 3:
         return [{"op": "reshape", "shape": list(module.unflattened_size)}]
     if type(module) is nn.Upsample and module.mode == "nearest" and module.size is not None:
@@ -119,6 +115,16 @@ def _ops(module: nn.Module) -> list[dict[str, Any]]:
         "the report's explorer runs the MLP and convolutional decoders vaelab builds, but this decoder holds "
         f"{type(module).__name__}({module.extra_repr()}); report on a model built by vaelab.models.build_model"
     )
+
+
+def _conv2d_op(module: nn.Conv2d) -> dict[str, Any]:
+    return {
+        "op": "conv2d",
+        "shape": list(module.weight.shape),
+        "stride": list(module.stride),
+        "padding": list(module.padding),
+        **_weights(module),
+    }
 
 
 def _weights(module: nn.Linear | nn.Conv2d) -> dict[str, str]:
