@@ -20,19 +20,8 @@ import torch
 from torch import nn
 
 from vaelab.models import build_model
-from vaelab.nn import UpsamplingConv2d
+from vaelab.nn import UpsamplingConv2d, unfused
 from vaelab.presets import preset_config
-
-
-def plain_form(module: nn.Module) -> nn.Module:
-    """A copy of `module` with every UpsamplingConv2d written as nn.Upsample then nn.Conv2d (same weights)."""
-    if isinstance(module, UpsamplingConv2d):
-        conv = nn.Conv2d(module.in_channels, module.out_channels, 3, padding=1)
-        conv.load_state_dict(module.state_dict())
-        return nn.Sequential(nn.Upsample(size=module.size, mode="nearest"), conv)
-    for name, child in module.named_children():
-        setattr(module, name, plain_form(child))
-    return module
 
 
 def timed(function, seconds: float) -> float:
@@ -60,7 +49,7 @@ def main() -> None:
     fused = build_model(spec).likelihood.decoder
     if not any(isinstance(m, UpsamplingConv2d) for m in fused.modules()):
         raise SystemExit(f"{args.preset}'s decoder has no doubling upsampling to fuse; choose a convolutional preset")
-    plain = plain_form(copy.deepcopy(fused))
+    plain = unfused(copy.deepcopy(fused))
     h = torch.randn(args.rows, fused.stem.in_features)
     with torch.no_grad():
         difference = (fused(h) - plain(h)).abs().max().item()

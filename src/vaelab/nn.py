@@ -144,6 +144,18 @@ class UpsamplingConv2d(nn.Conv2d):
         return f"{super().extra_repr()}, upsampled to {self.size}"
 
 
+def unfused(module: nn.Module) -> nn.Module:
+    """`module` with every UpsamplingConv2d replaced, in place, by nn.Upsample then an nn.Conv2d of the same
+    weights: the plain form it computes (the reference of tests/test_nn.py and bench/upsampling.py)."""
+    if isinstance(module, UpsamplingConv2d):
+        conv = nn.Conv2d(module.in_channels, module.out_channels, 3, padding=1).to(module.weight)
+        conv.load_state_dict(module.state_dict())
+        return nn.Sequential(nn.Upsample(size=module.size, mode="nearest"), conv)
+    for name, child in module.named_children():
+        setattr(module, name, unfused(child))
+    return module
+
+
 def _upsample_conv(
     in_channels: int, out_channels: int, source: tuple[int, int], size: tuple[int, int]
 ) -> list[nn.Module]:
