@@ -1,0 +1,118 @@
+"""The one place that decides "is this file what we think it is": size, SHA-256 digest, JSON schema.
+
+Every reader of something vaelab wrote earlier (the converted image cache, evaluation shards,
+checkpoints, configs, detector files) asks here rather than checking in its own way:
+
+    sha256_file(path)                       # hex digest, memory flat at any size
+    sha256_tensors(values)                  # digest of a dict of tensors' bytes, in key order
+    verify_file(path, sha256, what=, fix=)  # the file's digest must be `sha256`, else VaelabError
+    remembered_sha256(path, stamp)          # digest, re-hashed only when size or mtime moved
+    check_schema(mapping, schema, where=, fix=)  # keys present, types exact (a bool is not an int)
+
+A mismatch is a VaelabError naming the file, what was expected and found, and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from vaelab.errors import VaelabError
+
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 (hex) of the file's bytes, read through one reused 1 MiB buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as file:
+        while read := file.readinto(buffer):
+            digest.update(view[:read])
+    return digest.hexdigest()
+
+
+def sha256_tensors(values: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over (name, dtype, shape, bytes) of each tensor in sorted name order: a content digest that
+    does not depend on how the tensors were serialised."""
+    digest = hashlib.sha256()
+    for name in sorted(values):
+        tensor = values[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def verify_file(path: str | Path, sha256: str, *, what: str, fix: str) -> None:
+    """Raise VaelabError unless the file at `path` has SHA-256 `sha256`."""
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise VaelabError(
+            f"{what} {path} has changed since it was written (SHA-256 {actual[:16]}..., expected "
+            f"{sha256[:16]}...); {fix}"
+        )
+
+
+def remembered_sha256(path: str | Path, stamp: str | Path) -> str:
+    """The file's SHA-256, hashed once and remembered in `stamp` with its size and mtime: while neither moves the
+    remembered digest is returned without reading the file (a cheap check at every run start); a changed size or
+    mtime hashes it again. A stamp that cannot be written is not an error (the digest is still returned)."""
+    path, stamp = Path(path), Path(stamp)
+    status = path.stat()
+    key = {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+    try:
+        saved = json.loads(stamp.read_text())
+        if isinstance(saved, dict) and {k: saved.get(k) for k in key} == key and isinstance(saved.get("sha256"), str):
+            return saved["sha256"]
+    except (OSError, ValueError):
+        pass
+    digest = sha256_file(path)
+    from vaelab.io import atomic_write  # io imports nothing of ours but errors; kept local for a light import
+
+    try:
+        atomic_write(stamp, json.dumps({**key, "sha256": digest}) + "\n", what="digest stamp")
+    except VaelabError:
+        pass
+    return digest
+
+
+def check_schema(mapping: Any, schema: Mapping[str, type | tuple[type, ...]], *, where: str, fix: str) -> None:
+    """Raise VaelabError unless `mapping` is a dict holding every key of `schema` with a value of its type(s).
+
+    Types are exact where it matters: a bool is not accepted for int or float, an int is accepted for float."""
+    if not isinstance(mapping, dict):
+        raise VaelabError(f"{where} holds {type(mapping).__name__}, not an object; {fix}")
+    for key, expected in schema.items():
+        if key not in mapping:
+            raise VaelabError(f"{where} lacks {key!r}; {fix}")
+        if not is_instance(mapping[key], expected):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+            raise VaelabError(
+                f"{where}: {key!r} is {mapping[key]!r} ({type(mapping[key]).__name__}), expected {names}; {fix}"
+            )
+
+
+def is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
+    """isinstance where bool is not an int or float and an int is a float (JSON's numbers)."""
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True
+    return isinstance(value, kinds)
+
+
+def free_bytes(directory: str | Path) -> int:
+    """Bytes free for an unprivileged writer on the filesystem that holds `directory` (or its nearest existing
+    parent)."""
+    directory = Path(directory)
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    status = os.statvfs(directory)
+    return status.f_bavail * status.f_frsize
