@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -21,11 +20,11 @@ import torch
 
 from vaelab.config import BINARIZE_MODES, EvaluateConfig, TrainConfig, to_dict
 from vaelab.errors import VaelabError
+from vaelab.evaluation.runner import SHARD_IMAGES
 from vaelab.io import atomic_write
 
 EVAL_NAME = "eval.json"
 PARTIAL_PREFIX = "eval.partial-"  # finished shards of an evaluation in progress, removed once eval.json is written
-SHARD_IMAGES = 500
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active when Cov_x(E_q[z_u]) > 0.01
 
 
@@ -105,7 +104,9 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     from vaelab.checkpoint import load_model
     from vaelab.distributions import bits_per_dim
     from vaelab.evaluation import active_units
-    from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard, merge_shards, shard_ranges
+    from vaelab.evaluation import runner
+    from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard
+    from vaelab.integrity import sha256_file
 
     config = EvaluateConfig(
         checkpoint=args.checkpoint,
@@ -122,6 +123,8 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     )
     if args.shard_images < 1:
         raise VaelabError(f"--shard-images must be >= 1 (got {args.shard_images})")
+    if any(k < 1 for k in args.k):
+        raise VaelabError(f"every --k must be >= 1 (got {' '.join(map(str, args.k))}); e.g. --k 1 100")
     checkpoint_path = checkpoint.resolve(config.checkpoint)
     out_dir = Path(args.out) if args.out else checkpoint_path.parent
     model, train_config = load_model(checkpoint_path)
@@ -157,32 +160,37 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
 
     # --- estimators, shard by shard: done shards are kept on disk, each rank takes its share -----
     plan = ShardPlan(tuple(config.ks), config.seed, config.laplace, config.laplace_k, config.batch_size)
-    checkpoint_sha256 = _sha256(checkpoint_path)
-    fingerprint = _fingerprint(checkpoint_sha256, config, mode, x.shape[0], args.shard_images)
-    store = ShardStore(out_dir / f"{PARTIAL_PREFIX}{fingerprint[:16]}", fingerprint)
-    shards = shard_ranges(x.shape[0], args.shard_images)
-    mine = shards[distributed.rank :: distributed.world_size]
-    todo = [shard for shard in mine if not store.has(shard)]
-    if distributed.is_main and len(todo) < len(mine):
-        done = sum(len(shard) for shard in mine if shard not in todo)
-        print(f"resuming: {done} images already evaluated in {store.directory}")
+    checkpoint_sha256 = sha256_file(checkpoint_path)
+    x_sha256 = runner.images_sha256(x)
+    settings = {"verb": "evaluate", "split": config.split, "binarize": mode, **dataclasses.asdict(plan)}
+    fingerprint = runner.fingerprint(checkpoint_sha256, x_sha256, settings, args.shard_images)
+    store = runner.ShardStore(out_dir / f"{PARTIAL_PREFIX}{fingerprint[:16]}", fingerprint)
+    ranks = runner.Ranks(distributed.rank, distributed.world_size)
+    mine = runner.shard_ranges(x.shape[0], args.shard_images)[ranks.rank :: ranks.world_size]
     bar = tqdm(
         total=sum(len(shard) for shard in mine),
-        initial=sum(len(shard) for shard in mine if shard not in todo),
         desc=f"evaluate (L_{max(config.ks)}{', Laplace' if config.laplace else ''})",
         unit="image",
         disable=args.no_progress or not distributed.is_main,
         mininterval=1.0,
     )
-    for shard in todo:
-        store.save(shard, evaluate_shard(model, x[shard.start : shard.stop], shard.start, plan, device))
-        bar.update(len(shard))
+    passed = runner.PassReport()
+    merged = runner.run_per_image(
+        model,
+        x,
+        lambda model, part, first: evaluate_shard(model, part, first, plan, device),
+        store,
+        args.shard_images,
+        ranks=ranks,
+        barrier=dist.barrier if dist.is_initialized() else None,
+        progress=bar.update,
+        report=passed,
+    )
     bar.close()
-    if dist.is_initialized():
-        dist.barrier()  # every shard is on disk
-    if not distributed.is_main:
+    if passed.resumed_images and distributed.is_main:
+        print(f"resumed: {passed.resumed_images} images already evaluated in {store.directory}")
+    if merged is None:
         return 0
-    merged = merge_shards([store.load(shard) for shard in shards])
     found = estimates(merged, config.ks)
     active, variances = active_units(model, x, ACTIVE_THRESHOLD)
     laplace = found.get("laplace")
@@ -229,6 +237,7 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     result = {
         "checkpoint": str(checkpoint_path),
         "checkpoint_sha256": checkpoint_sha256,
+        "images_sha256": x_sha256,
         "dataset": train_config.dataset,
         "split": config.split,
         "images": x.shape[0],
@@ -286,76 +295,9 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def _fingerprint(checkpoint_sha256: str, config: EvaluateConfig, mode: str, images: int, shard_images: int) -> str:
-    """What the shards on disk must have been computed for: the checkpoint's bytes and every setting that moves
-    a per-image value (a mismatch starts afresh in another directory)."""
-    settings = {
-        "checkpoint_sha256": checkpoint_sha256,
-        "ks": list(config.ks),
-        "seed": config.seed,
-        "split": config.split,
-        "binarize": mode,
-        "images": images,
-        "laplace": config.laplace,
-        "laplace_k": config.laplace_k,
-        "batch_size": config.batch_size,
-        "shard_images": shard_images,
-        "torch": torch.__version__,
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-class ShardStore:
-    """Finished shards as files, DIR/shard-<first image>.pt, each written atomically with the fingerprint inside:
-    a kill leaves whole shards or none, and a shard from other settings is never read."""
-
-    def __init__(self, directory: Path, fingerprint: str) -> None:
-        self.directory, self.fingerprint = directory, fingerprint
-
-    def _path(self, shard: range) -> Path:
-        return self.directory / f"shard-{shard.start:09d}-{shard.stop:09d}.pt"
-
-    def has(self, shard: range) -> bool:
-        try:
-            self.load(shard)
-        except (OSError, RuntimeError, KeyError, EOFError, ValueError):
-            return False
-        return True
-
-    def load(self, shard: range) -> dict[str, torch.Tensor]:
-        saved = torch.load(self._path(shard), map_location="cpu", weights_only=True)
-        if saved["fingerprint"] != self.fingerprint:
-            raise ValueError("a shard of other settings")
-        return saved["values"]
-
-    def save(self, shard: range, values: dict[str, torch.Tensor]) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({"fingerprint": self.fingerprint, "values": values}, buffer)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise VaelabError(f"cannot create {self.directory}: {error.strerror}; choose a writable --out") from None
-        atomic_write(self._path(shard), buffer.getvalue(), what="evaluation shard")
-
-    def remove(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
 def _plain(estimate: Any) -> dict[str, float | None]:
     """An Estimate as JSON-ready numbers; a non-finite value (stderr of one image) becomes null."""
     return {key: value if math.isfinite(value) else None for key, value in dataclasses.asdict(estimate).items()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json_atomic(out_dir: Path, result: dict[str, Any]) -> Path:
