@@ -20,7 +20,7 @@ import torch
 
 from vaelab.config import BINARIZE_MODES, EvaluateConfig, TrainConfig, to_dict
 from vaelab.errors import VaelabError
-from vaelab.evaluation.runner import SHARD_IMAGES
+from vaelab.cli.common import SHARD_IMAGES
 from vaelab.io import atomic_write
 
 EVAL_NAME = "eval.json"

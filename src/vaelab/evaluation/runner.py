@@ -32,7 +32,6 @@ from vaelab.integrity import sha256_tensors
 from vaelab.io import atomic_write
 from vaelab.models.base import LatentVariableModel
 
-SHARD_IMAGES = 500
 COUNTS = ("unconverged", "indefinite")  # per-shard counts, summed like the seconds
 
 ShardFunction = Callable[[LatentVariableModel, torch.Tensor, int], dict[str, torch.Tensor]]
