@@ -93,7 +93,7 @@ def test_an_interrupted_evaluation_resumes_from_its_shards_with_the_same_result(
     assert len(list(partial.iterdir())) == 2 and not (tmp_path / "cut" / "eval.json").exists()
 
     out = run_ok(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "cut")], capsys)
-    assert "resumed: 8 images already evaluated" in out
+    assert "resumed: 8 images already done" in out
     assert _numbers(tmp_path / "cut" / "eval.json") == _numbers(tmp_path / "straight" / "eval.json")
 
     # other settings never read those shards: a different seed computes afresh

@@ -139,6 +139,7 @@ def run_pass(
     verb: str,
     settings: Mapping[str, Any],
     compute: Callable[..., Any],
+    description: str | None = None,
 ) -> Any:
     """compute over inputs.x in resumable shards kept in DIRECTORY/<verb>.partial-<fingerprint> -> (the merged
     per-image values, or None on ranks other than 0; the shard store, to remove once the results are written).
@@ -148,13 +149,13 @@ def run_pass(
 
     from vaelab.evaluation import runner
 
-    identity = {"verb": verb, "binarize": inputs.binarization, "seed": args.seed, **settings}
+    identity = {"verb": verb, "binarize": inputs.binarization, "seed": inputs.seed, **settings}
     digest = runner.fingerprint(inputs.checkpoint_sha256, runner.images_sha256(inputs.x), identity, args.shard_images)
     store = runner.ShardStore(directory / f"{verb}.partial-{digest[:16]}", digest)
     ranks = runner.Ranks() if distributed is None else runner.Ranks(distributed.rank, distributed.world_size)
     bar = tqdm(
-        total=inputs.x.shape[0] if ranks.is_main else 0,
-        desc=verb,
+        total=sum(map(len, runner.shard_ranges(inputs.x.shape[0], args.shard_images)[ranks.rank :: ranks.world_size])),
+        desc=description or verb,
         unit="image",
         disable=args.no_progress or not ranks.is_main,
         mininterval=1.0,

@@ -20,11 +20,15 @@ import torch
 
 from vaelab.config import BINARIZE_MODES, EvaluateConfig, TrainConfig, to_dict
 from vaelab.errors import VaelabError
+from vaelab.cli import common
 from vaelab.cli.common import SHARD_IMAGES
 from vaelab.io import atomic_write
 
 EVAL_NAME = "eval.json"
-PARTIAL_PREFIX = "eval.partial-"  # finished shards of an evaluation in progress, removed once eval.json is written
+EVAL_VERB = "eval"
+PARTIAL_PREFIX = (
+    f"{EVAL_VERB}.partial-"  # finished shards of an evaluation in progress, removed once eval.json is written
+)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active when Cov_x(E_q[z_u]) > 0.01
 
 
@@ -104,13 +108,12 @@ def load_split(train_config: TrainConfig, split: str, data_dir: str | None) -> t
 
 def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) -> int:
     """Evaluate the checkpoint; print the table; write eval.json atomically. Returns the exit status."""
-    import torch.distributed as dist
-    from tqdm import tqdm
 
     from vaelab import checkpoint, data
     from vaelab.checkpoint import load_model
     from vaelab.distributions import bits_per_dim
     from vaelab.evaluation import active_units
+    from vaelab.data.selection import Selection
     from vaelab.evaluation import runner
     from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard
     from vaelab.integrity import sha256_file
@@ -176,34 +179,20 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     # --- estimators, shard by shard: done shards are kept on disk, each rank takes its share -----
     plan = ShardPlan(tuple(config.ks), config.seed, config.laplace, config.laplace_k, config.batch_size)
     checkpoint_sha256 = sha256_file(checkpoint_path)
-    x_sha256 = runner.images_sha256(x)
-    settings = {"verb": "evaluate", "split": config.split, "binarize": mode, **dataclasses.asdict(plan)}
-    fingerprint = runner.fingerprint(checkpoint_sha256, x_sha256, settings, args.shard_images)
-    store = runner.ShardStore(out_dir / f"{PARTIAL_PREFIX}{fingerprint[:16]}", fingerprint)
-    ranks = runner.Ranks(distributed.rank, distributed.world_size)
-    mine = runner.shard_ranges(x.shape[0], args.shard_images)[ranks.rank :: ranks.world_size]
-    bar = tqdm(
-        total=sum(len(shard) for shard in mine),
-        desc=f"evaluate (L_{max(config.ks)}{', Laplace' if config.laplace else ''})",
-        unit="image",
-        disable=args.no_progress or not distributed.is_main,
-        mininterval=1.0,
-    )
-    passed = runner.PassReport()
-    merged = runner.run_per_image(
-        model,
-        x,
+    selection = Selection(images, torch.zeros(0), train_config.dataset, config.split, "")
+    inputs = common.Inputs(model, train_config, checkpoint_path, checkpoint_sha256, selection, x, mode, config.seed)
+    settings = {"split": config.split, **dataclasses.asdict(plan)}
+    merged, store = common.run_pass(
+        args,
+        inputs,
+        distributed,
+        out_dir,
+        EVAL_VERB,
+        settings,
         lambda model, part, first: evaluate_shard(model, part, first, plan, device),
-        store,
-        args.shard_images,
-        ranks=ranks,
-        barrier=dist.barrier if dist.is_initialized() else None,
-        progress=bar.update,
-        report=passed,
+        description=f"evaluate (L_{max(config.ks)}{', Laplace' if config.laplace else ''})",
     )
-    bar.close()
-    if passed.resumed_images and distributed.is_main:
-        print(f"resumed: {passed.resumed_images} images already evaluated in {store.directory}")
+    x_sha256 = runner.images_sha256(x)
     if merged is None:
         return 0
     found = estimates(merged, config.ks)
