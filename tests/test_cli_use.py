@@ -214,3 +214,15 @@ def test_a_model_refuses_an_empty_set_and_wrong_shapes_in_the_api(tiny_run):
         vaelab.encode(model, torch.zeros((0, 28, 28), dtype=torch.uint8))
     with pytest.raises(vaelab.VaelabError, match="3x28x28 .* takes 1x28x28; use images of 1 channel"):
         vaelab.score(model, torch.zeros((2, 3, 28, 28), dtype=torch.uint8))
+
+
+@pytest.mark.slow
+def test_torchrun_splits_score_s_shards_with_one_process_s_result(tiny_run, tmp_path, capsys):
+    from test_distributed import torchrun
+
+    run, _ = tiny_run
+    args = ["score", "--checkpoint", str(run), "--k", "1", "5", "--no-progress", "--shard-images", "4"]
+    run_ok([*args, "--out", str(tmp_path / "one")], capsys)
+    launched = torchrun([*args, "--out", str(tmp_path / "two")], tmp_path / "logs")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert _rows(tmp_path / "two" / "scores.csv") == _rows(tmp_path / "one" / "scores.csv")
