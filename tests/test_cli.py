@@ -9,7 +9,7 @@ import torch
 
 
 from conftest import run_ok, run_refused
-from vaelab.config import ModelSpec
+from vaelab.config import ModelSpec, TrainConfig, load_json
 from vaelab.evaluation import negative_elbo
 from vaelab.models import VAE
 
@@ -253,3 +253,42 @@ def test_a_preset_starts_the_run_and_options_override_it(tiny_idx_dir, tmp_path,
         capsys,
         "these options differ from it: --validation-size",
     )
+
+
+def tiny_config_file(path, data_dir, **changes):
+    """A saved config (as `vaelab train` writes it) of a tiny idx run, with `changes` written over its JSON."""
+    import json
+
+    from vaelab.config import TrainConfig, to_dict
+
+    config = TrainConfig(
+        dataset="idx", data_dir=str(data_dir), epochs=1, batch_size=8, model=ModelSpec(hidden=16, latent_dims=2)
+    )
+    path.write_text(json.dumps({**to_dict(config), **changes}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"device": "cuda:99"}, "--device cuda:99 is not on this machine (devices here: cpu"),
+        ({"epochs": True}, "'epochs' is True (bool), expected int"),
+        ({"epochs": 2.5}, "'epochs' is 2.5 (float), expected int"),
+        ({"budget": 60.0, "budget_plan": [[0.0, 10.0], [3.0, 12.0]]}, "'budget_plan' is [[0.0, 10.0], [3.0, 12.0]]"),
+        ({"budget": 60.0, "budget_plan": [["0", "10"]]}, "'budget_plan' is [['0', '10']]"),
+    ],
+)
+def test_a_config_of_wrong_types_or_a_missing_device_is_refused_in_one_line(
+    tiny_idx_dir, tmp_path, capsys, changes, match
+):
+    config = tiny_config_file(tmp_path / "config.json", tiny_idx_dir(n_train=16, n_test=8), **changes)
+    out = tmp_path / "run"
+    run_refused(["train", "--config", str(config), "--out", str(out), "--no-progress"], capsys, match)
+    assert not out.exists()
+
+
+def test_a_config_trains_on_its_device_and_records_it(tiny_idx_dir, tmp_path, capsys):
+    config = tiny_config_file(tmp_path / "config.json", tiny_idx_dir(n_train=16, n_test=8), device="cpu")
+    out = tmp_path / "run"
+    assert "device: cpu" in run_ok(["train", "--config", str(config), "--out", str(out), "--no-progress"], capsys)
+    assert load_json(TrainConfig, out / "config.json").device == "cpu"

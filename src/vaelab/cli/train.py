@@ -189,7 +189,10 @@ def add_parser(subparsers: Any) -> None:
         "--test-size", type=int, default=None, help="use only the first N test images; 0 = all (default: 0)"
     )
     run.add_argument(
-        "--device", default=None, help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps (default: auto)"
+        "--device",
+        default=None,
+        help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps; one this machine lacks is an error "
+        "(default: a --config's device, else auto)",
     )
     run.add_argument("--threads", type=int, default=None, help="CPU threads; 0 = torch's default (default: 0)")
     run.add_argument(
@@ -440,6 +443,17 @@ def _changed_options(config: TrainConfig, base: TrainConfig) -> list[str]:
     return changed
 
 
+def _device_name(args: argparse.Namespace) -> str:
+    """--device, else the device of the --config that starts a new run, else auto (a resumed run may move)."""
+    from vaelab.config import load_json
+
+    if args.device is not None:
+        return args.device
+    if args.config and not args.resume:
+        return load_json(TrainConfig, args.config).device
+    return "auto"
+
+
 def run_command(args: argparse.Namespace) -> int:
     import gc
     import traceback
@@ -448,7 +462,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     from vaelab.distributed import setup_distributed
 
-    distributed, device = setup_distributed(args.device or "auto")
+    # The device is set up before the config is decided (a torchrun group needs it), so a --config's device is read
+    # here; the name used is the run's, and a device this machine lacks is an error, never a quiet CPU run.
+    args = argparse.Namespace(**{**vars(args), "device": _device_name(args)})
+    distributed, device = setup_distributed(args.device)
     try:
         return _train_run(args, distributed, device)
     except BaseException as error:
