@@ -292,3 +292,13 @@ def test_a_config_trains_on_its_device_and_records_it(tiny_idx_dir, tmp_path, ca
     out = tmp_path / "run"
     assert "device: cpu" in run_ok(["train", "--config", str(config), "--out", str(out), "--no-progress"], capsys)
     assert load_json(TrainConfig, out / "config.json").device == "cpu"
+
+
+def test_epochs_beside_a_budget_are_refused_rather_than_cutting_it_short(tiny_idx_dir, tmp_path, capsys):
+    data_dir = tiny_idx_dir(n_train=16, n_test=8)
+    argv = ["train", *TINY, "--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--budget", "30m"]
+    run_refused(argv, capsys, "--epochs 1 and --budget both end the run")
+    config = tiny_config_file(tmp_path / "config.json", data_dir, budget=1800.0, epochs=1_000_000)
+    argv = ["train", "--config", str(config), "--epochs", "2", "--out", str(tmp_path / "run"), "--no-progress"]
+    run_refused(argv, capsys, "--epochs 2 and --config's budget of 1800 s both end the run")
+    assert not (tmp_path / "run").exists()

@@ -168,7 +168,8 @@ def add_parser(subparsers: Any) -> None:
         "--epochs",
         type=int,
         default=None,
-        help=f"total epochs; with --resume, the new total (default: {defaults.epochs})",
+        help=f"total epochs; with --resume, the new total; refused beside --budget, whose time alone ends a budget "
+        f"run (default: {defaults.epochs})",
     )
     run.add_argument(
         "--batch-size", type=int, default=None, help=f"images per optimizer step (default: {defaults.batch_size})"
@@ -276,7 +277,8 @@ def add_parser(subparsers: Any) -> None:
         metavar="TIME",
         help="train for this much wall-clock time (90s, 30m, 2h): the learning-rate and warm-up schedules run over "
         "it, the run stops where it ends, and config.json records the steps taken, so --config RUN/config.json "
-        "replays them exactly; without --preset or --config, the preset measured best for that budget",
+        "replays them exactly; without --preset or --config, the preset measured best for that budget; --epochs is "
+        "refused beside it",
     )
     run.add_argument(
         "--lr-warmup",
@@ -418,6 +420,15 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
             )
         model_fields[field] = values
     objective_fields = {field: given[option] for option, field in OBJECTIVE_FIELDS.items() if option in given}
+    if "epochs" in given and (given.get("budget") or base.budget):
+        # Whichever ended first would silently cut the other short: a budget run is ended by its time alone.
+        origin = "--config's" if given.get("config") else "--preset's" if given.get("preset") else "the resumed run's"
+        budget = "--budget" if "budget" in given else f"{origin} budget of {base.budget:g} s"
+        other = "drop --budget to train for the epochs" if "budget" in given else "start from settings without a budget"
+        raise VaelabError(
+            f"--epochs {given['epochs']} and {budget} both end the run, and the first to come would cut the other "
+            f"short; drop --epochs to train for the budget, or {other}"
+        )
     if "budget" in given:  # a budget given here is a fresh budget run: a saved plan is not replayed
         run_fields["budget_plan"] = ()
         run_fields.setdefault("epochs", BUDGET_EPOCHS)
