@@ -302,3 +302,20 @@ def test_epochs_beside_a_budget_are_refused_rather_than_cutting_it_short(tiny_id
     argv = ["train", "--config", str(config), "--epochs", "2", "--out", str(tmp_path / "run"), "--no-progress"]
     run_refused(argv, capsys, "--epochs 2 and --config's budget of 1800 s both end the run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_directory_another_process_writes_is_refused(tiny_idx_dir, tmp_path, capsys, lock_holder):
+    data_dir, out = tiny_idx_dir(n_train=16, n_test=8), tmp_path / "run"
+    run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    holder = lock_holder(out)  # as a second `vaelab train` would while it trains there
+    for extra in (["--overwrite"], ["--resume", "--epochs", "2"]):
+        argv = ["train", *TINY, "--data-dir", str(data_dir), "--out", str(out), *extra]
+        run_refused(argv, capsys, f"{out} is being written by holder (process {holder.pid})")
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != ".lock"} == {
+        name: content for name, content in before.items() if name != ".lock"
+    }
+    fresh = tmp_path / "fresh"
+    lock_holder(fresh)
+    run_refused(["train", *TINY, "--data-dir", str(data_dir), "--out", str(fresh)], capsys, "is being written by")
+    assert [path.name for path in fresh.iterdir()] == [".lock"]

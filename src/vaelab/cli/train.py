@@ -4,11 +4,14 @@ The run directory holds config.json (the model spec, the objective spec and ever
 `--config RUN/config.json` replays it), command.txt, metrics.csv, checkpoint.pt, the pictures
 (those of `vaelab plot` among them), epoch_samples.npz (the same latent draws decoded after every
 epoch, kept across --resume) and, with --tensorboard, TensorBoard's event files in tensorboard/.
+While a training writes it, the directory is locked (.lock, vaelab.io.RunLock): a second training, a
+--resume or an --overwrite into it is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import shlex
@@ -478,7 +481,8 @@ def run_command(args: argparse.Namespace) -> int:
     args = argparse.Namespace(**{**vars(args), "device": _device_name(args)})
     distributed, device = setup_distributed(args.device)
     try:
-        return _train_run(args, distributed, device)
+        with contextlib.ExitStack() as held:  # the run directory's lock, taken inside and released on any exit
+            return _train_run(args, distributed, device, held)
     except BaseException as error:
         if dist.is_initialized():
             # The traceback holds train()'s frame and so the DDP wrapper, which keeps the process
@@ -546,7 +550,8 @@ def _decide(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]
     return run_dir, config, None
 
 
-def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
+def _train_run(args: argparse.Namespace, distributed: Any, device: Any, held: contextlib.ExitStack) -> int:
+    """Train the run `args` describe; rank 0 locks its directory into `held` before it reads or writes it."""
     import torch.distributed as dist
 
     from vaelab import checkpoint, data
@@ -568,6 +573,8 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     run_dir_name, config_dict = main_rank_first(decide, distributed, share_value=True)
     run_dir = Path(run_dir_name)
     config = from_dict(TrainConfig, config_dict)
+    if args.resume:  # locked before the checkpoint is read, so that no other writer moves it under this run
+        main_rank_first(lambda: _lock_run_dir(run_dir, held), distributed, share_value=True)
     resume_state = checkpoint.load(run_dir) if args.resume else None
 
     # --- data: rank 0 fetches (or converts) into the cache first, the others then read the cache --
@@ -585,6 +592,7 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     if not args.resume:
 
         def claim() -> None:
+            _lock_run_dir(run_dir, held)  # first: two trainings, or --overwrite, never interleave their files
             _claim_run_dir(run_dir, overwrite=args.overwrite)
             save_json(config, run_dir / "config.json")
             atomic_write(run_dir / "command.txt", shlex.join(["vaelab", *sys.argv[1:]]) + "\n", what="command record")
@@ -698,6 +706,13 @@ def _refuse_existing_run(run_dir: Path, overwrite: bool) -> list[str]:
             "replace it, or another --out"
         )
     return existing
+
+
+def _lock_run_dir(run_dir: Path, held: contextlib.ExitStack) -> None:
+    """Lock the run directory (rank 0) until `held` closes; a run that another process writes is an error."""
+    from vaelab.io import RunLock
+
+    held.enter_context(RunLock(run_dir, what="vaelab train"))
 
 
 def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
