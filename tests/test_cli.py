@@ -319,3 +319,10 @@ def test_a_run_directory_another_process_writes_is_refused(tiny_idx_dir, tmp_pat
     lock_holder(fresh)
     run_refused(["train", *TINY, "--data-dir", str(data_dir), "--out", str(fresh)], capsys, "is being written by")
     assert [path.name for path in fresh.iterdir()] == [".lock"]
+
+
+def test_a_test_split_of_one_image_trains_and_draws_every_picture(tiny_idx_dir, tmp_path, capsys):
+    data_dir, out = tiny_idx_dir(n_train=16, n_test=1), tmp_path / "run"
+    argv = ["train", *TINY, "--data-dir", str(data_dir), "--out", str(out), "--latent-dim", "3"]
+    assert "test -ELBO" in run_ok(argv, capsys)  # a 3-D latent: the scatter's principal plane of one code
+    assert (out / "latent_scatter.png").stat().st_size > 0 and (out / "manifold.png").stat().st_size > 0
