@@ -226,3 +226,14 @@ def test_torchrun_splits_score_s_shards_with_one_process_s_result(tiny_run, tmp_
     launched = torchrun([*args, "--out", str(tmp_path / "two")], tmp_path / "logs")
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert _rows(tmp_path / "two" / "scores.csv") == _rows(tmp_path / "one" / "scores.csv")
+
+
+def test_a_second_writer_of_one_out_directory_is_refused(tiny_run, tmp_path, capsys, lock_holder):
+    run, _ = tiny_run
+    lock_holder(tmp_path / "busy")
+    run_refused(
+        ["score", "--checkpoint", str(run), "--k", "1", "--no-progress", "--out", str(tmp_path / "busy")],
+        capsys,
+        "is being written by",
+    )
+    assert not (tmp_path / "busy" / "scores.csv").exists()

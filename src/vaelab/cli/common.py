@@ -131,6 +131,18 @@ def prepare_out(out: str | Path, names: list[str], overwrite: bool) -> Path:
     return directory
 
 
+def lock_out(directory: Path, verb: str, distributed: Any | None = None) -> Any:
+    """A context that holds DIRECTORY's lock (vaelab.io.RunLock) while this verb writes it, so that a second
+    process writing the same --out gets one clear line; under torchrun only rank 0 takes it."""
+    import contextlib
+
+    from vaelab.io import RunLock
+
+    if distributed is not None and not distributed.is_main:
+        return contextlib.nullcontext()
+    return RunLock(directory, what=f"vaelab {verb}")
+
+
 def run_pass(
     args: argparse.Namespace,
     inputs: Inputs,

@@ -33,12 +33,18 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaelab.distributed import pick_device
-    from vaelab.evaluation.per_image import encode_block
 
     if args.samples < 0:
         raise VaelabError(f"--samples must be >= 0 (got {args.samples})")
     directory = common.prepare_out(args.out, RESULTS, args.overwrite)
+    with common.lock_out(directory, "encode"):
+        return _encode(args, directory)
+
+
+def _encode(args: argparse.Namespace, directory: Any) -> int:
+    from vaelab.distributed import pick_device
+    from vaelab.evaluation.per_image import encode_block
+
     device = pick_device(args.device)
     inputs = common.open_inputs(args, device)
     print(f"encoding {inputs.heading(device)}")

@@ -31,14 +31,20 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+
+    if args.shown < 1 or args.columns < 1:
+        raise VaelabError(f"--shown and --columns must be >= 1 (got {args.shown}, {args.columns})")
+    directory = common.prepare_out(args.out, RESULTS, args.overwrite)
+    with common.lock_out(directory, "reconstruct"):
+        return _reconstruct(args, directory)
+
+
+def _reconstruct(args: argparse.Namespace, directory: Any) -> int:
     from vaelab.distributed import pick_device
     from vaelab.evaluation.per_image import reconstruct_block
     from vaelab.io import atomic_write
     from vaelab.plots import reconstruction_grid
 
-    if args.shown < 1 or args.columns < 1:
-        raise VaelabError(f"--shown and --columns must be >= 1 (got {args.shown}, {args.columns})")
-    directory = common.prepare_out(args.out, RESULTS, args.overwrite)
     device = pick_device(args.device)
     inputs = common.open_inputs(args, device)
     shape = common.image_shape_of(inputs.model)

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     directory = common.prepare_out(args.out, RESULTS, args.overwrite)
     distributed, device = setup_distributed(args.device)
     try:
-        return _score(args, distributed, device, directory)
+        with common.lock_out(directory, "score", distributed):
+            return _score(args, distributed, device, directory)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
