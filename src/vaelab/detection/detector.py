@@ -34,7 +34,7 @@ STATISTICS = {
     "llr": "L_k - L_k^{>1}, the two-layer likelihood ratio (Havtorn et al. 2021)",
     "regret": "ELBO after a per-image refit of q - ELBO (Xiao et al. 2020)",
     "typicality": "|-L_k - mean in-distribution -L_k| (Nalisnick et al. 2019, batches of one)",
-    "dose": "-Σ log KDE of (-L_k, -E_q log p(x|z), KL, zlib bits) (Morningstar et al. 2021)",
+    "dose": "-log N of (-L_k, -E_q log p(x|z), KL, zlib bits) fitted in-distribution (Morningstar et al. 2021)",
 }
 DEFAULT_STATISTIC = "dose"
 SCHEMA = {
@@ -156,7 +156,7 @@ class OODDetector:
             fit_half, calibrate = np.sort(order[: x.shape[0] // 2]), np.sort(order[x.shape[0] // 2 :])
             self.entropy = float(-v["L_k"][fit_half].mean())
             if self.statistic == "dose":
-                self.density = stats.DensityOfStates.fit(self._features(v)[fit_half], seed=self.seed)
+                self.density = stats.DensityOfStates.fit(self._features(v)[fit_half])
             v = {name: value[calibrate] for name, value in v.items()}
         self.fit_scores = np.sort(self._statistic(v))
         self.threshold = float(np.quantile(self.fit_scores, 1 - self.fpr))
@@ -205,7 +205,7 @@ class OODDetector:
             "entropy": self.entropy,
             "density": None
             if self.density is None
-            else {"points": self.density.points.tolist(), "bandwidths": self.density.bandwidths.tolist()},
+            else {"mean": self.density.mean.tolist(), "covariance": self.density.covariance.tolist()},
         }
         return atomic_write(path, json.dumps(state, allow_nan=True), what="detector")
 
@@ -234,5 +234,5 @@ class OODDetector:
         detector.fit_scores = np.asarray(state["fit_scores"], dtype=np.float64)
         detector.threshold, detector.entropy = state["threshold"], state["entropy"]
         if state["density"] is not None:
-            detector.density = stats.DensityOfStates(state["density"]["points"], state["density"]["bandwidths"])
+            detector.density = stats.DensityOfStates(state["density"]["mean"], state["density"]["covariance"])
         return detector
