@@ -4,7 +4,7 @@ The Python API (docs in README, "Python quickstart"); names load on first use, s
 command line starts without importing torch:
 
     load_mnist, train, sample, evaluate, encode, reconstruct, score, load_model, pick_device, build_model,
-    TrainConfig, ModelSpec, ObjectiveSpec, VaelabError
+    TrainConfig, ModelSpec, ObjectiveSpec, OODDetector, VaelabError
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _LAZY = {
     "TrainConfig": "vaelab.config",
     "ModelSpec": "vaelab.config",
     "ObjectiveSpec": "vaelab.config",
+    "OODDetector": "vaelab.detection",
 }
 __all__ = ["VaelabError", "__version__", *_LAZY]
 

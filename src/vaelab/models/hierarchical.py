@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from vaelab.config import ModelSpec
 from vaelab.distributions import log_normal_diag
-from vaelab.models.base import LatentVariableModel, Posterior, build_likelihood, encoder_network
+from vaelab.models.base import DiagonalGaussian, LatentVariableModel, Posterior, build_likelihood, encoder_network
 from vaelab.models.priors import Components, StandardNormalPrior, VampPrior
 from vaelab.nn import GaussianMLP
 
@@ -95,3 +95,18 @@ class TwoLayerVAE(LatentVariableModel):
 
     def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
         return z[..., : self.d1]
+
+    def top_posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """q(z2|x) ≈ q(z2 | E[z1|x]) for x (B, P): the top layer's posterior along the deterministic bottom-up path."""
+        mu1, _ = self.encoder1(x)
+        return DiagonalGaussian(*self.encoder2(mu1))
+
+    def conditional_prior(self, z2: torch.Tensor) -> DiagonalGaussian:
+        """p(z1|z2) for z2 (..., D2): the first layer's prior given the top one."""
+        return DiagonalGaussian(*self.decoder2(z2))
+
+    def log_top_prior(self, z2: torch.Tensor, components: Components = None) -> torch.Tensor:
+        """log p(z2): z2 (..., D2) -> (...) nats."""
+        if components is None:
+            components = self.prior_components()
+        return self.prior.log_prob(z2, components)

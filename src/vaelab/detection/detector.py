@@ -1,0 +1,238 @@
+"""OODDetector: fitted on in-distribution images, it scores new ones and flags those beyond its threshold.
+
+The PyOD shape (fit, score, predict) with alibi-detect's saved threshold: `fit(x)` keeps the statistic's values
+on the fit images, the threshold is their (1 - fpr) quantile, so about a fraction `fpr` of in-distribution
+images is flagged; `p_values(x)` = (1 + #{fit scores >= s}) / (n + 1), a conformal p-value. Statistics with a
+density fitted on in-distribution data (DoSE) fit it on one half of the images and calibrate on the other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaelab.data.transforms import prepare
+from vaelab.detection import statistics as stats
+from vaelab.detection import values
+from vaelab.errors import VaelabError
+from vaelab.integrity import check_schema, sha256_tensors
+from vaelab.io import atomic_write
+from vaelab.models.base import LatentVariableModel
+from vaelab.models.hierarchical import TwoLayerVAE
+
+FORMAT = "vaelab-ood-detector"
+VERSION = 1
+# name -> what it measures; every one is "higher = more anomalous".
+STATISTICS = {
+    "nll": "-L_k, the raw negative log-likelihood bound (nats)",
+    "complexity": "-log2 p(x) - zlib bits of the image (Serrà et al. 2020)",
+    "llr": "L_k - L_k^{>1}, the two-layer likelihood ratio (Havtorn et al. 2021)",
+    "regret": "ELBO after a per-image refit of q - ELBO (Xiao et al. 2020)",
+    "typicality": "|-L_k - mean in-distribution -L_k| (Nalisnick et al. 2019, batches of one)",
+    "dose": "-log N of (-L_k, -E_q log p(x|z), KL, zlib bits) fitted in-distribution (Morningstar et al. 2021)",
+}
+DEFAULT_STATISTIC = "dose"
+SCHEMA = {
+    "format": str,
+    "version": int,
+    "statistic": str,
+    "fpr": float,
+    "k": int,
+    "seed": int,
+    "binarize": str,
+    "regret_steps": int,
+    "model_sha256": str,
+    "fit_scores": list,
+    "threshold": float,
+    "entropy": float,
+    "density": (dict, type(None)),
+}
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    array = np.asarray(x)
+    if array.dtype not in (np.uint8, np.float32, np.float64):
+        raise VaelabError(f"expected uint8 images or float pixels in [0, 1], got {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class OODDetector:
+    """Scores images by `statistic` (a name in STATISTICS) under `model`; higher = more anomalous.
+
+    fpr: the in-distribution false-positive rate the threshold is set for; k: importance samples per bound;
+    binarize: how the model's training data were binarized (TrainConfig.binarize; uint8 images are prepared so,
+    with one draw seeded by `seed` where dynamic); regret_steps: Adam steps of the per-image refit ("regret").
+    """
+
+    def __init__(
+        self,
+        model: LatentVariableModel,
+        statistic: str = DEFAULT_STATISTIC,
+        *,
+        fpr: float = 0.05,
+        k: int = 16,
+        seed: int = 0,
+        binarize: str = "none",
+        regret_steps: int = 20,
+    ) -> None:
+        if statistic not in STATISTICS:
+            raise VaelabError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
+        if statistic == "llr" and not isinstance(model, TwoLayerVAE):
+            raise VaelabError(
+                "statistic 'llr' needs a model with two stochastic layers; train one with --preset burda-two-layer "
+                "or choose another statistic"
+            )
+        if not 0 < fpr < 1:
+            raise VaelabError(f"fpr must lie in (0, 1), got {fpr}")
+        if k < 1 or regret_steps < 1:
+            raise VaelabError(f"k and regret_steps must be >= 1, got k={k}, regret_steps={regret_steps}")
+        self.model = model.eval()
+        self.statistic, self.fpr, self.k, self.seed = statistic, float(fpr), int(k), int(seed)
+        self.binarize, self.regret_steps = binarize, int(regret_steps)
+        self.fit_scores: np.ndarray | None = None
+        self.threshold = float("nan")
+        self.entropy = float("nan")  # mean -L_k on the fit images (typicality)
+        self.density: stats.DensityOfStates | None = None
+        self.seconds_per_image = float("nan")  # the last score() call's time per image
+
+    # --- inputs and per-image values --------------------------------------------------------------------------
+    def _inputs(self, images: Any) -> tuple[torch.Tensor, np.ndarray]:
+        """uint8 images (N, [C,] H, W) or float pixels (N, P) -> (the model's input x (N, P), its uint8 bytes)."""
+        images = _as_tensor(images)
+        if images.is_floating_point():
+            images = images.reshape(images.shape[0], -1) if images.dim() > 2 else images
+        x = prepare(images, self.model.spec, self.binarize, self.seed)
+        return x, (x * 255).round().to(torch.uint8).numpy()
+
+    def _values(self, x: torch.Tensor, raw: np.ndarray) -> dict[str, np.ndarray]:
+        needed: dict[str, np.ndarray] = {}
+        if self.statistic != "regret":
+            needed.update(values.bounds(self.model, x, self.k, self.seed))
+        if self.statistic in ("complexity", "dose"):
+            needed["bits"] = stats.complexity_bits(raw)
+        if self.statistic == "llr":
+            needed["L_above"] = values.bound_above_first_layer(self.model, x, self.k, self.seed)
+        if self.statistic == "regret":
+            needed["elbo"], needed["elbo_refit"] = values.refit_elbo(
+                self.model, x, steps=self.regret_steps, seed=self.seed
+            )
+        return needed
+
+    def _features(self, v: dict[str, np.ndarray]) -> np.ndarray:
+        return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"]), axis=1)  # (N, 4)
+
+    def _statistic(self, v: dict[str, np.ndarray]) -> np.ndarray:
+        name = self.statistic
+        if name == "nll":
+            return stats.negative_log_likelihood(v["L_k"])
+        if name == "complexity":
+            return stats.complexity_corrected(v["L_k"], v["bits"])
+        if name == "llr":
+            return stats.likelihood_ratio(v["L_k"], v["L_above"])
+        if name == "regret":
+            return stats.likelihood_regret(v["elbo_refit"], v["elbo"])
+        if name == "typicality":
+            return stats.typicality_distance(stats.negative_log_likelihood(v["L_k"]), self.entropy)
+        return self.density.score(self._features(v))  # type: ignore[union-attr]
+
+    # --- the PyOD shape ---------------------------------------------------------------------------------------
+    def fit(self, images: Any) -> OODDetector:
+        """Fit on in-distribution images: keep their scores and the threshold at the (1 - fpr) quantile."""
+        x, raw = self._inputs(images)
+        v = self._values(x, raw)
+        if self.statistic in ("typicality", "dose"):
+            if x.shape[0] < 4:
+                raise VaelabError(f"statistic {self.statistic!r} fits on at least 4 images, got {x.shape[0]}")
+            # A density (or a mean) fitted on one half, the threshold calibrated on the other: scores of the images
+            # a density was fitted on would be too low.
+            order = np.random.default_rng(self.seed).permutation(x.shape[0])
+            fit_half, calibrate = np.sort(order[: x.shape[0] // 2]), np.sort(order[x.shape[0] // 2 :])
+            self.entropy = float(-v["L_k"][fit_half].mean())
+            if self.statistic == "dose":
+                self.density = stats.DensityOfStates.fit(self._features(v)[fit_half])
+            v = {name: value[calibrate] for name, value in v.items()}
+        self.fit_scores = np.sort(self._statistic(v))
+        self.threshold = float(np.quantile(self.fit_scores, 1 - self.fpr))
+        return self
+
+    def score(self, images: Any) -> np.ndarray:
+        """(N,) float64 scores in input order; higher = more anomalous."""
+        self._require_fit()
+        started = time.perf_counter()
+        x, raw = self._inputs(images)
+        scores = self._statistic(self._values(x, raw))
+        self.seconds_per_image = (time.perf_counter() - started) / x.shape[0]
+        return scores
+
+    def p_values(self, images: Any) -> np.ndarray:
+        """(N,) conformal p-values (1 + #{fit scores >= s}) / (n + 1): uniform on in-distribution images."""
+        scores = self.score(images)
+        at_least = self.fit_scores.size - np.searchsorted(self.fit_scores, scores, side="left")  # type: ignore[union-attr]
+        return (1.0 + at_least) / (self.fit_scores.size + 1.0)  # type: ignore[union-attr]
+
+    def predict(self, images: Any) -> np.ndarray:
+        """(N,) bool: True where the score exceeds the threshold (out-of-distribution)."""
+        self._require_fit()
+        return self.score(images) > self.threshold
+
+    def _require_fit(self) -> None:
+        if self.fit_scores is None:
+            raise VaelabError("the detector is not fitted; call fit(in_distribution_images) or OODDetector.load first")
+
+    # --- storage ----------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector atomically as JSON, tied to the model's weights (their SHA-256)."""
+        self._require_fit()
+        state = {
+            "format": FORMAT,
+            "version": VERSION,
+            "statistic": self.statistic,
+            "fpr": self.fpr,
+            "k": self.k,
+            "seed": self.seed,
+            "binarize": self.binarize,
+            "regret_steps": self.regret_steps,
+            "model_sha256": sha256_tensors(self.model.state_dict()),
+            "fit_scores": self.fit_scores.tolist(),  # type: ignore[union-attr]
+            "threshold": self.threshold,
+            "entropy": self.entropy,
+            "density": None
+            if self.density is None
+            else {"mean": self.density.mean.tolist(), "covariance": self.density.covariance.tolist()},
+        }
+        return atomic_write(path, json.dumps(state, allow_nan=True), what="detector")
+
+    @classmethod
+    def load(cls, path: str | Path, model: LatentVariableModel) -> OODDetector:
+        """The detector saved at `path` for `model`; refused for a model with other weights."""
+        fix = "fit a new detector for this model (OODDetector(model).fit(images)) and save it"
+        try:
+            state = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise VaelabError(f"cannot read detector {path}: {error}; {fix}") from None
+        check_schema(state, SCHEMA, where=f"detector {path}", fix=fix)
+        if state["format"] != FORMAT or state["version"] != VERSION:
+            raise VaelabError(f"{path} is not a vaelab detector of version {VERSION}; {fix}")
+        if state["model_sha256"] != sha256_tensors(model.state_dict()):
+            raise VaelabError(f"detector {path} was fitted for another model (its weights differ); {fix}")
+        detector = cls(
+            model,
+            state["statistic"],
+            fpr=state["fpr"],
+            k=state["k"],
+            seed=state["seed"],
+            binarize=state["binarize"],
+            regret_steps=state["regret_steps"],
+        )
+        detector.fit_scores = np.asarray(state["fit_scores"], dtype=np.float64)
+        detector.threshold, detector.entropy = state["threshold"], state["entropy"]
+        if state["density"] is not None:
+            detector.density = stats.DensityOfStates(state["density"]["mean"], state["density"]["covariance"])
+        return detector

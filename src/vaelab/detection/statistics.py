@@ -1,0 +1,106 @@
+"""Out-of-distribution statistics as pure functions of per-image values: higher = more anomalous.
+
+Every value comes in as a NumPy array (N,) in nats unless named in bits; every statistic returns (N,) float64.
+The per-image values themselves (bounds, refits, the top-layer bound) come from a model in
+vaelab.detection.values; nothing here knows of models.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+
+from vaelab.errors import VaelabError
+
+LOG2 = math.log(2.0)
+
+
+def negative_log_likelihood(bound: np.ndarray) -> np.ndarray:
+    """-L_k (N,) nats: the raw likelihood score (Bishop 1994), known to fail where simple images are likelier."""
+    return -np.asarray(bound, dtype=np.float64)
+
+
+def complexity_bits(images: np.ndarray) -> np.ndarray:
+    """L(x) (N,) bits: 8 x the length of zlib's level-9 compression of each uint8 image's bytes (C, H, W order)."""
+    images = np.ascontiguousarray(images)
+    if images.dtype != np.uint8:
+        raise VaelabError(f"complexity is measured on uint8 images, got {images.dtype}; pass the images as stored")
+    return np.array([8.0 * len(zlib.compress(image.tobytes(), 9)) for image in images], dtype=np.float64)
+
+
+def complexity_corrected(bound: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """S(x) = -log2 p(x) - L(x) (N,) bits (Serrà et al. 2020, eq. 2): the likelihood beyond what a generic
+    compressor already explains. bound: L_k in nats, bits: complexity_bits."""
+    return -np.asarray(bound, dtype=np.float64) / LOG2 - np.asarray(bits, dtype=np.float64)
+
+
+def likelihood_ratio(bound: np.ndarray, bound_above_first: np.ndarray) -> np.ndarray:
+    """LLR^{>1} = L - L^{>1} (N,) nats (Havtorn et al. 2021, eq. 9): how much the first stochastic layer's posterior
+    adds to the bound over drawing z1 from its conditional prior p(z1|z2); large where only low-level detail
+    explains the image."""
+    return np.asarray(bound, dtype=np.float64) - np.asarray(bound_above_first, dtype=np.float64)
+
+
+def likelihood_regret(elbo_refit: np.ndarray, elbo: np.ndarray) -> np.ndarray:
+    """Regret = ELBO with q refitted to the image - ELBO with the amortized q (N,) nats (Xiao et al. 2020):
+    how much better the image could be explained than the encoder, fitted to the training data, explains it."""
+    return np.asarray(elbo_refit, dtype=np.float64) - np.asarray(elbo, dtype=np.float64)
+
+
+def typicality_distance(nll: np.ndarray, entropy: float) -> np.ndarray:
+    """|-log p(x) - Ĥ| (N,) nats: the typicality test of Nalisnick et al. (2019) for batches of one image,
+    Ĥ the mean -log p over in-distribution images."""
+    return np.abs(np.asarray(nll, dtype=np.float64) - entropy)
+
+
+def typicality_test(
+    nll_fit: np.ndarray, nll: np.ndarray, batch_size: int, alpha: float = 0.01, *, bootstrap: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nalisnick et al. (2019), algorithm 1, on consecutive batches of `batch_size` images of nll (N,) nats.
+
+    Ĥ = mean(nll_fit); ε = the (1 - alpha) quantile of |mean(B) - Ĥ| over `bootstrap` batches B drawn with
+    replacement from nll_fit. Returns (distances (N // batch_size,), flags): a batch is flagged when its
+    |mean - Ĥ| exceeds ε.
+    """
+    nll_fit, nll = np.asarray(nll_fit, np.float64), np.asarray(nll, np.float64)
+    if batch_size < 1 or nll.size < batch_size:
+        raise VaelabError(f"batch_size {batch_size} needs 1 <= batch_size <= {nll.size} images")
+    entropy = nll_fit.mean()
+    draws = np.random.default_rng(seed).choice(nll_fit, size=(bootstrap, batch_size), replace=True)
+    epsilon = np.quantile(np.abs(draws.mean(axis=1) - entropy), 1 - alpha)
+    batches = nll[: nll.size // batch_size * batch_size].reshape(-1, batch_size)
+    distances = np.abs(batches.mean(axis=1) - entropy)
+    return distances, distances > epsilon
+
+
+class DensityOfStates:
+    """DoSE (Morningstar et al. 2021): -log p̂(t(x)) of F per-image summary statistics t (N, F), p̂ a Gaussian
+    with full covariance fitted on in-distribution images. The paper's per-statistic kernel densities miss
+    that the statistics move together (the likelihood with the image's complexity); a joint Gaussian sees it."""
+
+    def __init__(self, mean: np.ndarray, covariance: np.ndarray) -> None:
+        self.mean = np.asarray(mean, dtype=np.float64)  # (F,)
+        self.covariance = np.asarray(covariance, dtype=np.float64)  # (F, F)
+        scale = np.sqrt(np.diag(self.covariance))
+        # Standardised first: the statistics differ in scale by orders of magnitude (bits vs nats of a KL).
+        correlation = self.covariance / np.outer(scale, scale) + 1e-9 * np.eye(self.mean.size)
+        self._precision = np.linalg.inv(correlation) / np.outer(scale, scale)
+        _, log_det = np.linalg.slogdet(correlation)
+        self._log_norm = 0.5 * (log_det + 2 * np.log(scale).sum() + self.mean.size * math.log(2 * math.pi))
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> DensityOfStates:
+        """features (N, F) of in-distribution images, N > F."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[0] <= features.shape[1]:
+            raise VaelabError(f"DoSE needs more images than statistics (N, F), got shape {features.shape}")
+        covariance = np.atleast_2d(np.cov(features, rowvar=False))
+        covariance += np.diag(np.maximum(1e-12, 1e-9 * np.diag(covariance)))  # a constant statistic stays finite
+        return cls(features.mean(axis=0), covariance)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """features (N, F) -> -log N(t; mean, covariance) (N,) nats."""
+        centred = np.asarray(features, dtype=np.float64) - self.mean
+        return 0.5 * np.einsum("ni,ij,nj->n", centred, self._precision, centred) + self._log_norm

@@ -1,0 +1,169 @@
+"""vaelab.detection: each statistic's defining property, and OODDetector's fit / score / predict / save / load
+on tiny synthetic images with tiny models."""
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab import OODDetector
+from vaelab.config import ModelSpec
+from vaelab.detection import statistics as stats
+from vaelab.detection import values
+from vaelab.errors import VaelabError
+from vaelab.models import build_model
+
+pytestmark = pytest.mark.usefixtures("plain_torch")
+TWO_LAYERS = ModelSpec(latent_dims=(4, 2), hidden=(16, 8), depth=1)
+ONE_LAYER = ModelSpec(latent_dims=(3,), hidden=(16,), depth=1)
+
+
+def images(kind: str, count: int, seed: int) -> torch.Tensor:
+    """uint8 (count, 28, 28): dark images with a bright square ("squares") or plain uniform noise ("noise")."""
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "noise":
+        return torch.randint(0, 256, (count, 28, 28), generator=generator, dtype=torch.uint8)
+    out = torch.randint(0, 30, (count, 28, 28), generator=generator, dtype=torch.uint8)
+    for image, (row, column) in zip(out, torch.randint(2, 18, (count, 2), generator=generator).tolist()):
+        image[row : row + 8, column : column + 8] = 230
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted_model():
+    """A two-layer VAE given 150 Adam steps of the ELBO on squares (threshold-binarized): enough to tell noise."""
+    torch.manual_seed(0)
+    model = build_model(TWO_LAYERS)
+    x = (images("squares", 256, 0).reshape(256, -1) > 127).float()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with torch.enable_grad():
+        for step in range(150):
+            eps = torch.randn(256, model.latent_dim, generator=torch.Generator().manual_seed(step))
+            posterior = model.posterior(x)
+            z = posterior.rsample(eps)
+            loss = -(model.log_joint(x, z) - posterior.log_prob(z)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+# --- the statistics -----------------------------------------------------------------------------------------
+def test_complexity_is_zlib_length_in_bits_and_corrects_the_likelihood():
+    batch = images("squares", 3, 1).numpy()
+    bits = stats.complexity_bits(batch)
+    assert bits.tolist() == [8.0 * len(zlib.compress(image.tobytes(), 9)) for image in batch]
+    assert stats.complexity_bits(np.zeros((1, 28, 28), np.uint8))[0] < bits.min()  # a constant image compresses
+    bound = np.array([-100.0, -50.0, -10.0])
+    np.testing.assert_allclose(stats.complexity_corrected(bound, bits), -bound / math.log(2) - bits)
+    with pytest.raises(VaelabError, match="uint8"):
+        stats.complexity_bits(batch.astype(np.float32))
+
+
+def test_pure_statistics_follow_their_definitions():
+    np.testing.assert_array_equal(stats.negative_log_likelihood(np.array([-3.0, -1.0])), [3.0, 1.0])
+    np.testing.assert_array_equal(stats.likelihood_ratio(np.array([-3.0]), np.array([-5.0])), [2.0])
+    np.testing.assert_array_equal(stats.likelihood_regret(np.array([-2.0]), np.array([-5.0])), [3.0])
+    np.testing.assert_array_equal(stats.typicality_distance(np.array([1.0, 4.0]), 2.0), [1.0, 2.0])
+
+
+def test_typicality_test_flags_shifted_batches_only():
+    rng = np.random.default_rng(0)
+    fit = rng.normal(100, 5, 2000)
+    same, shifted = rng.normal(100, 5, 500), rng.normal(90, 5, 500)  # the shifted set is *likelier*
+    _, flags_same = stats.typicality_test(fit, same, batch_size=25, alpha=0.01)
+    distances, flags_shifted = stats.typicality_test(fit, shifted, batch_size=25, alpha=0.01)
+    assert flags_same.mean() <= 0.1 and flags_shifted.all() and distances.shape == (20,)
+
+
+def test_density_of_states_is_the_fitted_gaussians_negative_log_density():
+    rng = np.random.default_rng(0)
+    fit = rng.normal(size=(4000, 2)) @ np.array([[3.0, 2.0], [0.0, 0.1]]) + np.array([100.0, 5.0])
+    density = stats.DensityOfStates.fit(fit)
+    points = rng.normal(size=(5, 2)) * 2 + np.array([100.0, 5.0])
+    mean, covariance = fit.mean(0), np.cov(fit.T)
+    centred = points - mean
+    expected = 0.5 * np.einsum("ni,ij,nj->n", centred, np.linalg.inv(covariance), centred)
+    expected += 0.5 * np.log(np.linalg.det(2 * np.pi * covariance))
+    np.testing.assert_allclose(density.score(points), expected, rtol=1e-5)  # up to the 1e-9 ridge
+    # Off the line the two statistics share, though each is typical alone: far more anomalous.
+    assert density.score(np.array([[103.0, 3.0]]))[0] > density.score(np.array([[103.0, 7.0]]))[0] + 10
+
+
+def test_bound_above_first_layer_is_a_bound_for_the_images_and_needs_two_layers(fitted_model):
+    x = (images("squares", 8, 5).reshape(8, -1) > 127).float()
+    above = values.bound_above_first_layer(fitted_model, x, k=64, seed=0)
+    full = values.bounds(fitted_model, x, k=64, seed=0)["L_k"]
+    assert above.shape == (8,) and np.isfinite(above).all()
+    # Both bound log p(x); the first layer's posterior can only help (up to Monte Carlo noise).
+    assert np.mean(full - above) > 0
+    with pytest.raises(VaelabError, match="two stochastic layers"):
+        values.bound_above_first_layer(build_model(ONE_LAYER), x, k=4, seed=0)
+
+
+def test_refit_never_lowers_the_elbo(fitted_model):
+    x = (images("noise", 6, 3).reshape(6, -1) > 127).float()
+    elbo, refit = values.refit_elbo(fitted_model, x, steps=10, samples=4)
+    assert (refit >= elbo).all() and (refit > elbo).any()
+    assert all(parameter.grad is None for parameter in fitted_model.parameters())
+
+
+# --- the detector ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("statistic", ["nll", "llr", "typicality", "dose", "complexity", "regret"])
+def test_detector_fitted_on_squares_flags_noise(fitted_model, statistic):
+    detector = OODDetector(fitted_model, statistic, k=4, binarize="threshold", regret_steps=5)
+    detector.fit(images("squares", 200, 10))
+    inside, outside = images("squares", 60, 11), images("noise", 60, 12)
+    scores = detector.score(inside)
+    assert scores.shape == (60,) and scores.dtype == np.float64
+    flagged_in, flagged_out = detector.predict(inside).mean(), detector.predict(outside).mean()
+    # zlib sees squares and noise alike as incompressible noise here; the LLR needs a trained top layer.
+    if statistic not in ("complexity", "llr"):
+        assert flagged_out >= 0.9 and flagged_in <= 0.25, (flagged_in, flagged_out)
+
+
+def test_scores_come_in_input_order_for_arrays_tensors_and_prepared_pixels(fitted_model):
+    """Each image's noise is its position's, so a batch's first images score as the batch of those alone."""
+    detector = OODDetector(fitted_model, "nll", k=4, binarize="threshold").fit(images("squares", 40, 10))
+    batch = images("squares", 10, 20)
+    scores = detector.score(batch)
+    np.testing.assert_allclose(detector.score(batch.numpy()), scores)
+    np.testing.assert_allclose(detector.score((batch.reshape(10, -1).float() / 255).numpy()), scores, rtol=1e-6)
+    np.testing.assert_allclose(detector.score(batch[:4]), scores[:4], rtol=1e-6)
+    shuffled = detector.score(batch.flip(0))[::-1]  # other noise, the same images: close, not equal
+    assert np.corrcoef(shuffled, scores)[0, 1] > 0.8
+
+
+def test_p_values_are_uniform_on_the_fit_distribution(fitted_model):
+    detector = OODDetector(fitted_model, "nll", k=4, binarize="threshold").fit(images("squares", 300, 30))
+    p = detector.p_values(images("squares", 300, 31))
+    assert ((p > 0) & (p <= 1)).all()
+    assert abs(p.mean() - 0.5) < 0.08 and abs((p <= 0.2).mean() - 0.2) < 0.08
+    assert detector.p_values(images("noise", 20, 32)).max() == pytest.approx(1 / 301)
+
+
+def test_save_load_round_trip_and_refusal_for_another_model(fitted_model, tmp_path):
+    detector = OODDetector(fitted_model, "dose", k=4, binarize="threshold", fpr=0.1).fit(images("squares", 80, 40))
+    path = detector.save(tmp_path / "detector.json")
+    loaded = OODDetector.load(path, fitted_model)
+    batch = torch.cat((images("squares", 10, 41), images("noise", 10, 42)))
+    np.testing.assert_array_equal(loaded.score(batch), detector.score(batch))
+    assert (loaded.statistic, loaded.fpr, loaded.threshold) == ("dose", 0.1, detector.threshold)
+    other = build_model(TWO_LAYERS)
+    with pytest.raises(VaelabError, match="fitted for another model") as refused:
+        OODDetector.load(path, other)
+    assert "\n" not in str(refused.value) and "fit a new detector" in str(refused.value)
+
+
+def test_refusals_name_the_fix(fitted_model, tmp_path):
+    with pytest.raises(VaelabError, match="choose one of"):
+        OODDetector(fitted_model, "entropy")
+    with pytest.raises(VaelabError, match="two stochastic layers"):
+        OODDetector(build_model(ONE_LAYER), "llr")
+    with pytest.raises(VaelabError, match="not fitted"):
+        OODDetector(fitted_model).score(images("squares", 2, 0))
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(VaelabError, match="lacks"):
+        OODDetector.load(tmp_path / "bad.json", fitted_model)
