@@ -1,6 +1,8 @@
 """Shared fixtures: tiny seeded data made on the spot (never the real datasets), and torch's global
 settings pinned for the tests that depend on them (modules opt in with pytest.mark.usefixtures)."""
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,3 +99,30 @@ def run_refused(argv, capsys, match: str) -> str:
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], captured.err
     return lines[0]
+
+
+HOLD_LOCK = """
+import sys, time
+from vaelab.io import RunLock
+with RunLock(sys.argv[1], what="holder"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def lock_holder():
+    """Factory: a child process that holds RunLock(directory) until the test ends; returns the process."""
+    children = []
+
+    def hold(directory):
+        child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(directory)], stdout=subprocess.PIPE, text=True)
+        children.append(child)
+        assert child.stdout.readline().strip() == "held"
+        return child
+
+    yield hold
+    for child in children:
+        child.kill()
+        child.wait()
+        child.stdout.close()

@@ -9,7 +9,7 @@ import torch
 
 
 from conftest import run_ok, run_refused
-from vaelab.config import ModelSpec
+from vaelab.config import ModelSpec, TrainConfig, load_json
 from vaelab.evaluation import negative_elbo
 from vaelab.models import VAE
 
@@ -253,3 +253,76 @@ def test_a_preset_starts_the_run_and_options_override_it(tiny_idx_dir, tmp_path,
         capsys,
         "these options differ from it: --validation-size",
     )
+
+
+def tiny_config_file(path, data_dir, **changes):
+    """A saved config (as `vaelab train` writes it) of a tiny idx run, with `changes` written over its JSON."""
+    import json
+
+    from vaelab.config import TrainConfig, to_dict
+
+    config = TrainConfig(
+        dataset="idx", data_dir=str(data_dir), epochs=1, batch_size=8, model=ModelSpec(hidden=16, latent_dims=2)
+    )
+    path.write_text(json.dumps({**to_dict(config), **changes}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"device": "cuda:99"}, "--device cuda:99 is not on this machine (devices here: cpu"),
+        ({"epochs": True}, "'epochs' is True (bool), expected int"),
+        ({"epochs": 2.5}, "'epochs' is 2.5 (float), expected int"),
+        ({"budget": 60.0, "budget_plan": [[0.0, 10.0], [3.0, 12.0]]}, "'budget_plan' is [[0.0, 10.0], [3.0, 12.0]]"),
+        ({"budget": 60.0, "budget_plan": [["0", "10"]]}, "'budget_plan' is [['0', '10']]"),
+    ],
+)
+def test_a_config_of_wrong_types_or_a_missing_device_is_refused_in_one_line(
+    tiny_idx_dir, tmp_path, capsys, changes, match
+):
+    config = tiny_config_file(tmp_path / "config.json", tiny_idx_dir(n_train=16, n_test=8), **changes)
+    out = tmp_path / "run"
+    run_refused(["train", "--config", str(config), "--out", str(out), "--no-progress"], capsys, match)
+    assert not out.exists()
+
+
+def test_a_config_trains_on_its_device_and_records_it(tiny_idx_dir, tmp_path, capsys):
+    config = tiny_config_file(tmp_path / "config.json", tiny_idx_dir(n_train=16, n_test=8), device="cpu")
+    out = tmp_path / "run"
+    assert "device: cpu" in run_ok(["train", "--config", str(config), "--out", str(out), "--no-progress"], capsys)
+    assert load_json(TrainConfig, out / "config.json").device == "cpu"
+
+
+def test_epochs_beside_a_budget_are_refused_rather_than_cutting_it_short(tiny_idx_dir, tmp_path, capsys):
+    data_dir = tiny_idx_dir(n_train=16, n_test=8)
+    argv = ["train", *TINY, "--data-dir", str(data_dir), "--out", str(tmp_path / "run"), "--budget", "30m"]
+    run_refused(argv, capsys, "--epochs 1 and --budget both end the run")
+    config = tiny_config_file(tmp_path / "config.json", data_dir, budget=1800.0, epochs=1_000_000)
+    argv = ["train", "--config", str(config), "--epochs", "2", "--out", str(tmp_path / "run"), "--no-progress"]
+    run_refused(argv, capsys, "--epochs 2 and --config's budget of 1800 s both end the run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_directory_another_process_writes_is_refused(tiny_idx_dir, tmp_path, capsys, lock_holder):
+    data_dir, out = tiny_idx_dir(n_train=16, n_test=8), tmp_path / "run"
+    run_ok(["train", *TINY, "--data-dir", str(data_dir), "--out", str(out)], capsys)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    holder = lock_holder(out)  # as a second `vaelab train` would while it trains there
+    for extra in (["--overwrite"], ["--resume", "--epochs", "2"]):
+        argv = ["train", *TINY, "--data-dir", str(data_dir), "--out", str(out), *extra]
+        run_refused(argv, capsys, f"{out} is being written by holder (process {holder.pid})")
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != ".lock"} == {
+        name: content for name, content in before.items() if name != ".lock"
+    }
+    fresh = tmp_path / "fresh"
+    lock_holder(fresh)
+    run_refused(["train", *TINY, "--data-dir", str(data_dir), "--out", str(fresh)], capsys, "is being written by")
+    assert [path.name for path in fresh.iterdir()] == [".lock"]
+
+
+def test_a_test_split_of_one_image_trains_and_draws_every_picture(tiny_idx_dir, tmp_path, capsys):
+    data_dir, out = tiny_idx_dir(n_train=16, n_test=1), tmp_path / "run"
+    argv = ["train", *TINY, "--data-dir", str(data_dir), "--out", str(out), "--latent-dim", "3"]
+    assert "test -ELBO" in run_ok(argv, capsys)  # a 3-D latent: the scatter's principal plane of one code
+    assert (out / "latent_scatter.png").stat().st_size > 0 and (out / "manifold.png").stat().st_size > 0

@@ -61,3 +61,39 @@ def test_unreadable_config_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(VaelabError, match="cannot read config"):
         load_json(TrainConfig, tmp_path / "config.json")
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("epochs", True, "'epochs' is True \\(bool\\), expected int"),
+        ("epochs", 2.5, "'epochs' is 2.5 \\(float\\), expected int"),
+        ("lr", "0.1", "'lr' is '0.1' \\(str\\), expected float"),
+        ("detect_anomaly", 1, "'detect_anomaly' is 1 \\(int\\), expected bool"),
+        ("data_dir", 3, "expected str \\| null"),
+        ("budget_plan", [[2.0, 10.0]], "'budget_plan'.*expected tuple\\[tuple\\[int, int\\], \\.\\.\\.\\]"),
+        ("budget_plan", [["2", "10"]], "'budget_plan'"),
+        ("budget_plan", [[2, 10, 11]], "'budget_plan'"),
+    ],
+)
+def test_config_values_are_type_checked_strictly(key, value, message):
+    data = to_dict(TrainConfig(budget=60.0))
+    data[key] = value
+    with pytest.raises(VaelabError, match=message):
+        from_dict(TrainConfig, data)
+
+
+def test_nested_specs_are_type_checked_and_a_float_field_takes_an_int():
+    data = to_dict(TrainConfig())
+    data["model"]["latent_dims"] = [2.5]
+    with pytest.raises(VaelabError, match="ModelSpec: 'latent_dims'"):
+        from_dict(TrainConfig, data)
+    data = to_dict(TrainConfig())
+    data["objective"]["k"] = False
+    with pytest.raises(VaelabError, match="ObjectiveSpec: 'k'"):
+        from_dict(TrainConfig, data)
+    data = to_dict(TrainConfig(budget=60.0, budget_plan=((0, 10), (4, 12))))
+    data["lr"] = 1
+    assert from_dict(TrainConfig, json.loads(json.dumps(data))) == TrainConfig(
+        lr=1.0, budget=60.0, budget_plan=((0, 10), (4, 12))
+    )

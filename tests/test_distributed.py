@@ -152,3 +152,16 @@ def test_ctrl_c_under_torchrun_checkpoints_every_rank_and_a_single_process_finis
     assert [row["epoch"] for row in resumed] == [1, 2]
     for row, expected in zip(resumed, single):
         assert row["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+
+
+def test_a_device_this_machine_lacks_is_an_error_naming_those_it_has():
+    from vaelab.distributed import available_devices, pick_device
+    from vaelab.errors import VaelabError
+
+    assert pick_device("cpu") == torch.device("cpu") and available_devices()[0] == "cpu"
+    with pytest.raises(VaelabError, match=r"--device cuda:99 is not on this machine \(devices here: cpu"):
+        pick_device("cuda:99")
+    for name in ("cuda", "mps"):
+        if not any(device.startswith(name) for device in available_devices()):
+            with pytest.raises(VaelabError, match=f"--device {name} is not on this machine"):
+                pick_device(name)

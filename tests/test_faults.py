@@ -384,7 +384,7 @@ def test_out_of_range_options_are_refused_and_the_earlier_run_is_left_intact(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_asking_for_cuda_without_it_is_refused(capsys):
-    refused(["train", "--device", "cuda"], capsys, "asked for CUDA but none is available")
+    refused(["train", "--device", "cuda"], capsys, "--device cuda is not on this machine (devices here: cpu")
 
 
 @pytest.mark.parametrize(

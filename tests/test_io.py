@@ -1,13 +1,15 @@
 """The one atomic write: a failure at any point keeps the previous file and leaves no partial one."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from vaelab import checkpoint
 from vaelab.errors import VaelabError
-from vaelab.io import atomic_write
+from vaelab.io import LOCK_NAME, RunLock, atomic_write
 
 
 def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -63,3 +65,28 @@ def test_a_stale_temporary_of_a_dead_writer_is_removed(tmp_path):
     stale.write_bytes(b"partial")
     atomic_write(path, b"complete")
     assert not stale.exists() and path.read_bytes() == b"complete"
+
+
+def test_a_second_writer_of_a_locked_directory_gets_one_clear_error(tmp_path, lock_holder):
+    holder = lock_holder(tmp_path / "run")
+    assert (tmp_path / "run" / LOCK_NAME).read_text() == f"holder (process {holder.pid})\n"
+    with pytest.raises(VaelabError, match=rf"run is being written by holder \(process {holder.pid}\); wait"):
+        with RunLock(tmp_path / "run"):
+            pass
+    holder.kill()
+    holder.wait()
+    with RunLock(tmp_path / "run", what="second") as lock:  # a killed holder's lock is free
+        assert lock.path.read_text() == f"second (process {os.getpid()})\n"
+        with pytest.raises(VaelabError, match="being written by second"):  # one writer, even in one process
+            RunLock(tmp_path / "run").__enter__()
+    assert (tmp_path / "run" / LOCK_NAME).read_text() == ""  # released: emptied, not removed
+
+
+def test_the_lock_of_a_dead_writer_is_taken_over_and_said_so(tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_NAME).write_text(f"vaelab train (process {dead.stdout.strip()})\n")
+    with RunLock(tmp_path, what="vaelab train"):
+        pass
+    assert (
+        f"took over the lock on {tmp_path} from vaelab train (process {dead.stdout.strip()})" in capsys.readouterr().err
+    )

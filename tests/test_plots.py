@@ -496,3 +496,13 @@ def test_loss_curves_tick_whole_epochs_only(epochs):
     low, high = axes.get_xlim()
     ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
     assert ticks and all(float(tick).is_integer() for tick in ticks)
+
+
+@pytest.mark.parametrize("identity", [False, True])
+def test_the_plane_of_one_code_has_no_spread_and_passes_through_it(identity):
+    code = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)  # one test image: N - 1 = 0
+    plane = principal_plane(code, identity=identity)
+    assert torch.equal(plane.variances, torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(plane.directions @ plane.directions.T, torch.eye(3, dtype=torch.float64))
+    if not identity:
+        torch.testing.assert_close(plane.point(torch.zeros(3, dtype=torch.float64)), code[0])

@@ -3,7 +3,7 @@
 The Python API (docs in README, "Python quickstart"); names load on first use, so the
 command line starts without importing torch:
 
-    load_mnist, train, sample, evaluate, load_model, pick_device, build_model,
+    load_mnist, train, sample, evaluate, encode, reconstruct, score, load_model, pick_device, build_model,
     TrainConfig, ModelSpec, ObjectiveSpec, VaelabError
 """
 
@@ -20,6 +20,9 @@ _LAZY = {
     "load_mnist": "vaelab.api",
     "sample": "vaelab.api",
     "evaluate": "vaelab.api",
+    "encode": "vaelab.api",
+    "reconstruct": "vaelab.api",
+    "score": "vaelab.api",
     "train": "vaelab.training",
     "load_model": "vaelab.checkpoint",
     "pick_device": "vaelab.distributed",

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vaelab.errors import VaelabError
+from vaelab.integrity import check_schema
 from vaelab.io import atomic_write
 
 VERIFIED_DATASETS = ("mnist", "fashion-mnist")  # pinned digests; fetched into the cache
@@ -326,7 +328,10 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Rebuild `cls` from `to_dict`'s output; an unknown key or a wrong type is an error."""
+    """Rebuild `cls` from `to_dict`'s output; an unknown key or a wrong type is an error.
+
+    Every value must have its field's declared type, strictly (vaelab.integrity.is_instance): a bool is not an
+    int, a float is not an int, a list stands for a tuple; nested specs are checked the same way."""
     if not isinstance(data, dict):
         raise VaelabError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
     if cls is ModelSpec:
@@ -335,20 +340,30 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise VaelabError(f"unknown {cls.__name__} key(s) {', '.join(unknown)}; known keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    nested = {name for name in data if dataclasses.is_dataclass(hints[name])}
+    check_schema(
+        {name: value for name, value in data.items() if name not in nested},
+        {name: hints[name] for name in data if name not in nested},
+        where=cls.__name__,
+        fix="write a value of that type in the config",
+    )
     values: dict[str, Any] = {}
     for name, value in data.items():
-        default = fields[name].default
-        if default is dataclasses.MISSING and fields[name].default_factory is not dataclasses.MISSING:
-            default = fields[name].default_factory()
-        if dataclasses.is_dataclass(default):
-            value = from_dict(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
+        if name in nested:
+            value = from_dict(hints[name], value)
+        elif isinstance(value, list):  # JSON's arrays are the config's tuples
+            value = _as_tuple(value)
         values[name] = value
     try:
         return cls(**values)
     except TypeError as error:
         raise VaelabError(f"bad {cls.__name__}: {error}") from None
+
+
+def _as_tuple(value: Any) -> Any:
+    """Lists, nested at any depth, as tuples."""
+    return tuple(_as_tuple(item) for item in value) if isinstance(value, list) else value
 
 
 def _upgrade_model_dict(data: dict[str, Any]) -> dict[str, Any]:

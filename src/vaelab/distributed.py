@@ -29,7 +29,8 @@ class Distributed:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """ "auto" -> the current accelerator (CUDA, MPS, ...) if there is one, else the CPU."""
+    """ "auto" -> the current accelerator (CUDA, MPS, ...) if there is one, else the CPU; a named device must exist
+    here (a cuda:N past the last GPU, or cuda / mps on a machine without one, is an error naming those there are)."""
     if name == "auto":
         if hasattr(torch, "accelerator") and torch.accelerator.is_available():
             accelerator = torch.accelerator.current_accelerator()
@@ -39,11 +40,24 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise VaelabError(f"unknown --device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VaelabError(f"--device {name} asked for CUDA but none is available; use --device cpu or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type != "cpu" and (str(device) if device.type == "cuda" else device.type) not in available_devices():
+        raise VaelabError(
+            f"--device {name} is not on this machine (devices here: {', '.join(available_devices())}); "
+            "use one of those, or --device auto"
+        )
     return device
+
+
+def available_devices() -> list[str]:
+    """The devices this process can use: cpu, then cuda:0 ... cuda:N-1, then mps where there is one."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
 
 
 def setup_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -114,20 +116,44 @@ def check_schema(mapping: Any, schema: Mapping[str, type | tuple[type, ...]], *,
         if key not in mapping:
             raise VaelabError(f"{where} lacks {key!r}; {fix}")
         if not is_instance(mapping[key], expected):
-            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+            names = " or ".join(type_name(t) for t in (expected if isinstance(expected, tuple) else (expected,)))
             raise VaelabError(
                 f"{where}: {key!r} is {mapping[key]!r} ({type(mapping[key]).__name__}), expected {names}; {fix}"
             )
 
 
-def is_instance(value: Any, expected: type | tuple[type, ...]) -> bool:
-    """isinstance where bool is not an int or float and an int is a float (JSON's numbers)."""
-    kinds = expected if isinstance(expected, tuple) else (expected,)
+def is_instance(value: Any, expected: Any) -> bool:
+    """isinstance where bool is not an int or float and an int is a float (JSON's numbers).
+
+    `expected` is a type, a tuple of alternatives, or a type hint: `X | None`, `tuple[int, ...]` (any length) and
+    `tuple[int, int]` (that length), a tuple hint matching a list or a tuple (JSON has only lists)."""
+    if isinstance(expected, tuple):
+        return any(is_instance(value, kind) for kind in expected)
+    origin, arguments = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(is_instance(value, kind) for kind in arguments)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return all(is_instance(item, arguments[0]) for item in value)
+        return len(value) == len(arguments) and all(map(is_instance, value, arguments))
+    if expected is None or expected is type(None):
+        return value is None
     if isinstance(value, bool):
-        return bool in kinds
-    if isinstance(value, int) and float in kinds:
+        return expected is bool
+    if isinstance(value, int) and expected is float:
         return True
-    return isinstance(value, kinds)
+    return isinstance(value, expected)
+
+
+def type_name(expected: Any) -> str:
+    """A type or type hint as a reader writes it: int, float, tuple[int, ...], str | None."""
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(kind) for kind in typing.get_args(expected))
+    if typing.get_origin(expected) is None and isinstance(expected, type):
+        return "null" if expected is type(None) else expected.__name__
+    return str(expected)
 
 
 def free_bytes(directory: str | Path) -> int:

@@ -55,13 +55,16 @@ class Plane:
 
 def principal_plane(codes: torch.Tensor, identity: bool = False) -> Plane:
     """The principal directions of codes (N, D_h) (float64 PCA about their mean); `identity` keeps the
-    latent's own axes at the origin (a 2-D latent under N(0, I)), with the codes' variances along them."""
+    latent's own axes at the origin (a 2-D latent under N(0, I)), with the codes' variances along them.
+    One code has no spread: its variances are 0 (the plane is the latent's axes through it), not NaN."""
     codes = codes.double()
     dim = codes.shape[1]
+    correction = 1 if codes.shape[0] > 1 else 0  # the unbiased estimate divides by N - 1, which is 0 for one code
     if identity:
-        return Plane(torch.zeros(dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64), codes.var(dim=0))
+        variances = codes.var(dim=0, correction=correction)
+        return Plane(torch.zeros(dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64), variances)
     center = codes.mean(dim=0)
-    covariance = torch.cov((codes - center).T).reshape(dim, dim)
+    covariance = torch.cov((codes - center).T, correction=correction).reshape(dim, dim)
     variances, vectors = torch.linalg.eigh(covariance)  # ascending
     order = torch.argsort(variances, descending=True)
     return Plane(center, vectors[:, order].T.contiguous(), variances[order].clamp(min=0.0))

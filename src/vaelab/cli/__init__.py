@@ -1,6 +1,9 @@
 """The `vaelab` command: one module per subcommand, each with `add_parser(subparsers)` and `run(args)`.
 
     vaelab train    [--dataset mnist] [--epochs 10] ... [--out DIR] [--resume] [--config RUN/config.json]
+    vaelab encode      --checkpoint RUN --out DIR [--dataset D --split S] [--samples N]
+    vaelab reconstruct --checkpoint RUN --out DIR [--dataset D --split S]
+    vaelab score       --checkpoint RUN --out DIR [--dataset D --split S] [--k 1 100] [--laplace]
     vaelab evaluate --checkpoint RUN [--k 1 10 100 1000 5000]
     vaelab sample   --checkpoint RUN [--n 64] --out FILE.png
     vaelab plot     RUN [--out DIR] [--split test] [--size N] [--spherical] [--seed S]
@@ -9,7 +12,8 @@
     vaelab laplace  factorial|integral ...
 
 Only these modules read sys.argv, print tables and write run files; each imports the library
-lazily inside `run`, so `vaelab --help` starts fast. No subcommand imports another.
+lazily inside `run`, so `vaelab --help` starts fast. No subcommand imports another; the verbs that
+use a trained model share `common` (their options, inputs and result files).
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from vaelab.cli import data, evaluate, laplace, plot, report, sample, train
+from vaelab.cli import data, encode, evaluate, laplace, plot, reconstruct, report, sample, score, train
 from vaelab.errors import VaelabError
 
-SUBCOMMANDS = (train, evaluate, sample, plot, report, data, laplace)
+SUBCOMMANDS = (train, encode, reconstruct, score, evaluate, sample, plot, report, data, laplace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     subparsers = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,evaluate,sample,plot,report,data,laplace}"
+        dest="command",
+        required=True,
+        metavar="{train,encode,reconstruct,score,evaluate,sample,plot,report,data,laplace}",
     )
     for subcommand in SUBCOMMANDS:
         subcommand.add_parser(subparsers)

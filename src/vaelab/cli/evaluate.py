@@ -1,7 +1,7 @@
 """`vaelab evaluate`: test log-likelihood in nats (IWAE-k), Laplace evidence, active units -> eval.json.
 
     vaelab evaluate --checkpoint RUN [--k 1 10 100 1000 5000] [--split test] [--binarize auto]
-                    [--size N] [--seed S] [--laplace-k K] [--no-laplace] [--out DIR] [--device auto]
+                    [--size N] [--seed S] [--laplace-k K] [--laplace | --no-laplace] [--out DIR] [--device auto]
 
 `run` prints the table and writes eval.json; a progress bar shows each estimator's time left.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -21,11 +20,15 @@ import torch
 
 from vaelab.config import BINARIZE_MODES, EvaluateConfig, TrainConfig, to_dict
 from vaelab.errors import VaelabError
+from vaelab.cli import common
+from vaelab.cli.common import SHARD_IMAGES
 from vaelab.io import atomic_write
 
 EVAL_NAME = "eval.json"
-PARTIAL_PREFIX = "eval.partial-"  # finished shards of an evaluation in progress, removed once eval.json is written
-SHARD_IMAGES = 500
+EVAL_VERB = "eval"
+PARTIAL_PREFIX = (
+    f"{EVAL_VERB}.partial-"  # finished shards of an evaluation in progress, removed once eval.json is written
+)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2015): unit u is active when Cov_x(E_q[z_u]) > 0.01
 
 
@@ -64,7 +67,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--laplace-k", type=int, default=defaults.laplace_k, help="samples of Laplace-proposal importance sampling"
     )
-    parser.add_argument(
+    laplace = parser.add_mutually_exclusive_group()
+    laplace.add_argument(
+        "--laplace",
+        action="store_true",
+        help="run the Laplace estimates also for a convolutional or residual decoder (its Newton mode search "
+        "costs seconds per image there; by default they run for MLP decoders only)",
+    )
+    laplace.add_argument(
         "--no-laplace", action="store_true", help="skip the Laplace estimates (the Newton search is the slow part)"
     )
     parser.add_argument(
@@ -98,15 +108,26 @@ def load_split(train_config: TrainConfig, split: str, data_dir: str | None) -> t
 
 def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) -> int:
     """Evaluate the checkpoint; print the table; write eval.json atomically. Returns the exit status."""
-    import torch.distributed as dist
-    from tqdm import tqdm
 
     from vaelab import checkpoint, data
     from vaelab.checkpoint import load_model
     from vaelab.distributions import bits_per_dim
     from vaelab.evaluation import active_units
-    from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard, merge_shards, shard_ranges
+    from vaelab.data.selection import Selection
+    from vaelab.evaluation import runner
+    from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard
+    from vaelab.integrity import sha256_file
 
+    checkpoint_path = checkpoint.resolve(args.checkpoint)
+    model, train_config = load_model(checkpoint_path)
+    # Laplace's Newton search costs far more than the bounds for a conv decoder: off there unless asked for.
+    slow_laplace = model.spec.network != "mlp"
+    run_laplace = args.laplace or (not args.no_laplace and not slow_laplace)
+    if slow_laplace and not run_laplace and not args.no_laplace and distributed.is_main:
+        print(
+            f"Laplace estimates skipped: the {model.spec.network} decoder's Newton mode search costs seconds per "
+            "image, far more than the bounds; --laplace runs them (the progress bar then shows the time left)"
+        )
     config = EvaluateConfig(
         checkpoint=args.checkpoint,
         ks=tuple(sorted(set(args.k))),
@@ -114,7 +135,7 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
         binarize=args.binarize,
         seed=args.seed,
         size=args.size,
-        laplace=not args.no_laplace,
+        laplace=run_laplace,
         laplace_k=args.laplace_k,
         batch_size=args.batch_size,
         device=args.device,
@@ -122,9 +143,9 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     )
     if args.shard_images < 1:
         raise VaelabError(f"--shard-images must be >= 1 (got {args.shard_images})")
-    checkpoint_path = checkpoint.resolve(config.checkpoint)
+    if any(k < 1 for k in args.k):
+        raise VaelabError(f"every --k must be >= 1 (got {' '.join(map(str, args.k))}); e.g. --k 1 100")
     out_dir = Path(args.out) if args.out else checkpoint_path.parent
-    model, train_config = load_model(checkpoint_path)
     if config.threads:
         torch.set_num_threads(config.threads)
     model = model.to(device)
@@ -157,32 +178,23 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
 
     # --- estimators, shard by shard: done shards are kept on disk, each rank takes its share -----
     plan = ShardPlan(tuple(config.ks), config.seed, config.laplace, config.laplace_k, config.batch_size)
-    checkpoint_sha256 = _sha256(checkpoint_path)
-    fingerprint = _fingerprint(checkpoint_sha256, config, mode, x.shape[0], args.shard_images)
-    store = ShardStore(out_dir / f"{PARTIAL_PREFIX}{fingerprint[:16]}", fingerprint)
-    shards = shard_ranges(x.shape[0], args.shard_images)
-    mine = shards[distributed.rank :: distributed.world_size]
-    todo = [shard for shard in mine if not store.has(shard)]
-    if distributed.is_main and len(todo) < len(mine):
-        done = sum(len(shard) for shard in mine if shard not in todo)
-        print(f"resuming: {done} images already evaluated in {store.directory}")
-    bar = tqdm(
-        total=sum(len(shard) for shard in mine),
-        initial=sum(len(shard) for shard in mine if shard not in todo),
-        desc=f"evaluate (L_{max(config.ks)}{', Laplace' if config.laplace else ''})",
-        unit="image",
-        disable=args.no_progress or not distributed.is_main,
-        mininterval=1.0,
+    checkpoint_sha256 = sha256_file(checkpoint_path)
+    selection = Selection(images, torch.zeros(0), train_config.dataset, config.split, "")
+    inputs = common.Inputs(model, train_config, checkpoint_path, checkpoint_sha256, selection, x, mode, config.seed)
+    settings = {"split": config.split, **dataclasses.asdict(plan)}
+    merged, store = common.run_pass(
+        args,
+        inputs,
+        distributed,
+        out_dir,
+        EVAL_VERB,
+        settings,
+        lambda model, part, first: evaluate_shard(model, part, first, plan, device),
+        description=f"evaluate (L_{max(config.ks)}{', Laplace' if config.laplace else ''})",
     )
-    for shard in todo:
-        store.save(shard, evaluate_shard(model, x[shard.start : shard.stop], shard.start, plan, device))
-        bar.update(len(shard))
-    bar.close()
-    if dist.is_initialized():
-        dist.barrier()  # every shard is on disk
-    if not distributed.is_main:
+    x_sha256 = runner.images_sha256(x)
+    if merged is None:
         return 0
-    merged = merge_shards([store.load(shard) for shard in shards])
     found = estimates(merged, config.ks)
     active, variances = active_units(model, x, ACTIVE_THRESHOLD)
     laplace = found.get("laplace")
@@ -229,6 +241,7 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     result = {
         "checkpoint": str(checkpoint_path),
         "checkpoint_sha256": checkpoint_sha256,
+        "images_sha256": x_sha256,
         "dataset": train_config.dataset,
         "split": config.split,
         "images": x.shape[0],
@@ -286,76 +299,9 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def _fingerprint(checkpoint_sha256: str, config: EvaluateConfig, mode: str, images: int, shard_images: int) -> str:
-    """What the shards on disk must have been computed for: the checkpoint's bytes and every setting that moves
-    a per-image value (a mismatch starts afresh in another directory)."""
-    settings = {
-        "checkpoint_sha256": checkpoint_sha256,
-        "ks": list(config.ks),
-        "seed": config.seed,
-        "split": config.split,
-        "binarize": mode,
-        "images": images,
-        "laplace": config.laplace,
-        "laplace_k": config.laplace_k,
-        "batch_size": config.batch_size,
-        "shard_images": shard_images,
-        "torch": torch.__version__,
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-class ShardStore:
-    """Finished shards as files, DIR/shard-<first image>.pt, each written atomically with the fingerprint inside:
-    a kill leaves whole shards or none, and a shard from other settings is never read."""
-
-    def __init__(self, directory: Path, fingerprint: str) -> None:
-        self.directory, self.fingerprint = directory, fingerprint
-
-    def _path(self, shard: range) -> Path:
-        return self.directory / f"shard-{shard.start:09d}-{shard.stop:09d}.pt"
-
-    def has(self, shard: range) -> bool:
-        try:
-            self.load(shard)
-        except (OSError, RuntimeError, KeyError, EOFError, ValueError):
-            return False
-        return True
-
-    def load(self, shard: range) -> dict[str, torch.Tensor]:
-        saved = torch.load(self._path(shard), map_location="cpu", weights_only=True)
-        if saved["fingerprint"] != self.fingerprint:
-            raise ValueError("a shard of other settings")
-        return saved["values"]
-
-    def save(self, shard: range, values: dict[str, torch.Tensor]) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({"fingerprint": self.fingerprint, "values": values}, buffer)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise VaelabError(f"cannot create {self.directory}: {error.strerror}; choose a writable --out") from None
-        atomic_write(self._path(shard), buffer.getvalue(), what="evaluation shard")
-
-    def remove(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
 def _plain(estimate: Any) -> dict[str, float | None]:
     """An Estimate as JSON-ready numbers; a non-finite value (stderr of one image) becomes null."""
     return {key: value if math.isfinite(value) else None for key, value in dataclasses.asdict(estimate).items()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json_atomic(out_dir: Path, result: dict[str, Any]) -> Path:

@@ -4,11 +4,14 @@ The run directory holds config.json (the model spec, the objective spec and ever
 `--config RUN/config.json` replays it), command.txt, metrics.csv, checkpoint.pt, the pictures
 (those of `vaelab plot` among them), epoch_samples.npz (the same latent draws decoded after every
 epoch, kept across --resume) and, with --tensorboard, TensorBoard's event files in tensorboard/.
+While a training writes it, the directory is locked (.lock, vaelab.io.RunLock): a second training, a
+--resume or an --overwrite into it is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import shlex
@@ -168,7 +171,8 @@ def add_parser(subparsers: Any) -> None:
         "--epochs",
         type=int,
         default=None,
-        help=f"total epochs; with --resume, the new total (default: {defaults.epochs})",
+        help=f"total epochs; with --resume, the new total; refused beside --budget, whose time alone ends a budget "
+        f"run (default: {defaults.epochs})",
     )
     run.add_argument(
         "--batch-size", type=int, default=None, help=f"images per optimizer step (default: {defaults.batch_size})"
@@ -189,7 +193,10 @@ def add_parser(subparsers: Any) -> None:
         "--test-size", type=int, default=None, help="use only the first N test images; 0 = all (default: 0)"
     )
     run.add_argument(
-        "--device", default=None, help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps (default: auto)"
+        "--device",
+        default=None,
+        help="auto (the accelerator if there is one), cpu, cuda, cuda:N, mps; one this machine lacks is an error "
+        "(default: a --config's device, else auto)",
     )
     run.add_argument("--threads", type=int, default=None, help="CPU threads; 0 = torch's default (default: 0)")
     run.add_argument(
@@ -273,7 +280,8 @@ def add_parser(subparsers: Any) -> None:
         metavar="TIME",
         help="train for this much wall-clock time (90s, 30m, 2h): the learning-rate and warm-up schedules run over "
         "it, the run stops where it ends, and config.json records the steps taken, so --config RUN/config.json "
-        "replays them exactly; without --preset or --config, the preset measured best for that budget",
+        "replays them exactly; without --preset or --config, the preset measured best for that budget; --epochs is "
+        "refused beside it",
     )
     run.add_argument(
         "--lr-warmup",
@@ -415,6 +423,15 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
             )
         model_fields[field] = values
     objective_fields = {field: given[option] for option, field in OBJECTIVE_FIELDS.items() if option in given}
+    if "epochs" in given and (given.get("budget") or base.budget):
+        # Whichever ended first would silently cut the other short: a budget run is ended by its time alone.
+        origin = "--config's" if given.get("config") else "--preset's" if given.get("preset") else "the resumed run's"
+        budget = "--budget" if "budget" in given else f"{origin} budget of {base.budget:g} s"
+        other = "drop --budget to train for the epochs" if "budget" in given else "start from settings without a budget"
+        raise VaelabError(
+            f"--epochs {given['epochs']} and {budget} both end the run, and the first to come would cut the other "
+            f"short; drop --epochs to train for the budget, or {other}"
+        )
     if "budget" in given:  # a budget given here is a fresh budget run: a saved plan is not replayed
         run_fields["budget_plan"] = ()
         run_fields.setdefault("epochs", BUDGET_EPOCHS)
@@ -440,6 +457,17 @@ def _changed_options(config: TrainConfig, base: TrainConfig) -> list[str]:
     return changed
 
 
+def _device_name(args: argparse.Namespace) -> str:
+    """--device, else the device of the --config that starts a new run, else auto (a resumed run may move)."""
+    from vaelab.config import load_json
+
+    if args.device is not None:
+        return args.device
+    if args.config and not args.resume:
+        return load_json(TrainConfig, args.config).device
+    return "auto"
+
+
 def run_command(args: argparse.Namespace) -> int:
     import gc
     import traceback
@@ -448,9 +476,13 @@ def run_command(args: argparse.Namespace) -> int:
 
     from vaelab.distributed import setup_distributed
 
-    distributed, device = setup_distributed(args.device or "auto")
+    # The device is set up before the config is decided (a torchrun group needs it), so a --config's device is read
+    # here; the name used is the run's, and a device this machine lacks is an error, never a quiet CPU run.
+    args = argparse.Namespace(**{**vars(args), "device": _device_name(args)})
+    distributed, device = setup_distributed(args.device)
     try:
-        return _train_run(args, distributed, device)
+        with contextlib.ExitStack() as held:  # the run directory's lock, taken inside and released on any exit
+            return _train_run(args, distributed, device, held)
     except BaseException as error:
         if dist.is_initialized():
             # The traceback holds train()'s frame and so the DDP wrapper, which keeps the process
@@ -518,7 +550,8 @@ def _decide(args: argparse.Namespace) -> tuple[Path, TrainConfig, dict[str, Any]
     return run_dir, config, None
 
 
-def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
+def _train_run(args: argparse.Namespace, distributed: Any, device: Any, held: contextlib.ExitStack) -> int:
+    """Train the run `args` describe; rank 0 locks its directory into `held` before it reads or writes it."""
     import torch.distributed as dist
 
     from vaelab import checkpoint, data
@@ -540,6 +573,8 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     run_dir_name, config_dict = main_rank_first(decide, distributed, share_value=True)
     run_dir = Path(run_dir_name)
     config = from_dict(TrainConfig, config_dict)
+    if args.resume:  # locked before the checkpoint is read, so that no other writer moves it under this run
+        main_rank_first(lambda: _lock_run_dir(run_dir, held), distributed, share_value=True)
     resume_state = checkpoint.load(run_dir) if args.resume else None
 
     # --- data: rank 0 fetches (or converts) into the cache first, the others then read the cache --
@@ -557,6 +592,7 @@ def _train_run(args: argparse.Namespace, distributed: Any, device: Any) -> int:
     if not args.resume:
 
         def claim() -> None:
+            _lock_run_dir(run_dir, held)  # first: two trainings, or --overwrite, never interleave their files
             _claim_run_dir(run_dir, overwrite=args.overwrite)
             save_json(config, run_dir / "config.json")
             atomic_write(run_dir / "command.txt", shlex.join(["vaelab", *sys.argv[1:]]) + "\n", what="command record")
@@ -670,6 +706,13 @@ def _refuse_existing_run(run_dir: Path, overwrite: bool) -> list[str]:
             "replace it, or another --out"
         )
     return existing
+
+
+def _lock_run_dir(run_dir: Path, held: contextlib.ExitStack) -> None:
+    """Lock the run directory (rank 0) until `held` closes; a run that another process writes is an error."""
+    from vaelab.io import RunLock
+
+    held.enter_context(RunLock(run_dir, what="vaelab train"))
 
 
 def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:

@@ -4,7 +4,7 @@ single pass gives.
 
 Every estimator draws its noise by the image's index in the whole set (`first_image`), and a shard's
 batches do not depend on which process computes it, so a merged result equals the single pass's bit
-for bit. Files and processes are the caller's (vaelab.cli.evaluate): this module computes and merges.
+for bit. Files, resumption and ranks are `vaelab.evaluation.runner`'s: this module computes and summarises.
 """
 
 from __future__ import annotations
@@ -30,11 +30,6 @@ class ShardPlan:
     laplace: bool
     laplace_k: int
     batch_size: int = 0
-
-
-def shard_ranges(n_images: int, shard_images: int) -> list[range]:
-    """[0, n) cut into consecutive ranges of shard_images (the last may be shorter)."""
-    return [range(start, min(start + shard_images, n_images)) for start in range(0, n_images, shard_images)]
 
 
 def evaluate_shard(
@@ -72,21 +67,6 @@ def evaluate_shard(
         values["unconverged"] = torch.tensor([evidence.unconverged], dtype=torch.float64)
         values["indefinite"] = torch.tensor([evidence.indefinite], dtype=torch.float64)
     return values
-
-
-PER_IMAGE = ("log_likelihood", "kl", "laplace", "laplace_is")
-
-
-def merge_shards(shards: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The shards' values in order: per-image values concatenated, seconds and counts summed."""
-    merged: dict[str, torch.Tensor] = {}
-    for name in shards[0]:
-        parts = [shard[name] for shard in shards]
-        if name.startswith("L_") or name in PER_IMAGE:
-            merged[name] = torch.cat(parts)
-        else:
-            merged[name] = torch.stack(parts).sum(dim=0)
-    return merged
 
 
 def estimates(merged: dict[str, torch.Tensor], ks: Sequence[int]) -> dict[str, Estimate]:

@@ -46,6 +46,10 @@ class Posterior(ABC):
         The doubly reparameterized gradient (Tucker et al. 2018) differentiates log w through z only.
         """
 
+    @abstractmethod
+    def layer_moments(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per stochastic layer, the one next to x first: (mean, log-variance), each (B, D_layer)."""
+
 
 class DiagonalGaussian(Posterior):
     """N(mu, diag exp(logvar)) for each of B images: mu, logvar (B, D)."""
@@ -66,6 +70,10 @@ class DiagonalGaussian(Posterior):
 
     def log_prob_stopped(self, z: torch.Tensor) -> torch.Tensor:
         return log_normal_diag(z, self.mu.detach(), self.logvar.detach())
+
+    def layer_moments(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(mu, logvar)], each (B, D): the one stochastic layer's mean and log-variance."""
+        return [(self.mu, self.logvar)]
 
 
 class Likelihood(nn.Module):

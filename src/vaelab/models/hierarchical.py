@@ -30,6 +30,10 @@ class TwoLayerPosterior(Posterior):
         """(B, D1 + D2): E[z1], and E[z2 | z1] at z1 = E[z1]."""
         return torch.cat((self.mu1, self.upper(self.mu1)[0]), dim=-1)
 
+    def layer_moments(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(mu1, logvar1) of q(z1|x), (mu2, logvar2) of q(z2|z1) at z1 = E[z1]], (B, D1) and (B, D2)."""
+        return [(self.mu1, self.logvar1), self.upper(self.mu1)]
+
     def rsample(self, eps: torch.Tensor) -> torch.Tensor:
         eps1, eps2 = eps[..., : self.d1], eps[..., self.d1 :]
         z1 = torch.addcmul(self.mu1, torch.exp(0.5 * self.logvar1), eps1)

@@ -1,0 +1,239 @@
+"""`vaelab encode`, `reconstruct` and `score` on a trained run: per-image results in input order that agree with the
+Python API and with `vaelab evaluate`, resumable shards, and bad input refused in one line."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vaelab
+from vaelab.checkpoint import load_model
+from vaelab.cli import main
+from vaelab.data import load_dataset
+from vaelab.evaluation.runner import ShardStore
+
+from conftest import run_ok, run_refused
+from test_distributed import TINY
+
+pytestmark = pytest.mark.usefixtures("plain_torch")
+
+
+@pytest.fixture
+def tiny_run(tiny_idx_dir, tmp_path, capsys):
+    data_dir = tiny_idx_dir(n_train=24, n_test=14)
+    run = tmp_path / "run"
+    run_ok(
+        [
+            "train",
+            *TINY,
+            "--data-dir",
+            str(data_dir),
+            "--epochs",
+            "1",
+            "--binarize",
+            "dynamic",
+            "--out",
+            str(run),
+            "--no-progress",
+            "--validation-size",
+            "6",
+        ],
+        capsys,
+    )
+    return run, data_dir
+
+
+def _rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_score_averages_to_evaluate_and_matches_the_api(tiny_run, tmp_path, capsys):
+    run, data_dir = tiny_run
+    run_ok(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--k",
+            "1",
+            "7",
+            "--no-laplace",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        capsys,
+    )
+    out = run_ok(
+        [
+            "score",
+            "--checkpoint",
+            str(run),
+            "--k",
+            "1",
+            "7",
+            "--out",
+            str(tmp_path / "s"),
+            "--no-progress",
+            "--shard-images",
+            "4",
+        ],
+        capsys,
+    )
+    assert "binarization: dynamic" in out
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    rows = _rows(tmp_path / "s" / "scores.csv")
+    test = load_dataset("idx", data_dir).test
+    assert [int(row["index"]) for row in rows] == list(range(14))
+    assert [int(row["label"]) for row in rows] == test.labels.tolist()
+    for estimate in report["iwae"]:
+        per_image = np.array([float(row[f"L_{estimate['k']}"]) for row in rows])
+        assert per_image.mean() == pytest.approx(estimate["mean"], abs=1e-9)
+    elbo = np.array([float(row["elbo"]) for row in rows])
+    terms = np.array([float(row["reconstruction"]) + float(row["kl"]) for row in rows])
+    np.testing.assert_allclose(-elbo, terms, rtol=1e-12)
+    assert elbo.mean() == pytest.approx(report["elbo"]["mean"], abs=1e-9)
+    # bits/dim of a binarized Bernoulli model: -L_kmax / (784 ln 2)
+    bits = np.array([float(row["bits_per_dim"]) for row in rows])
+    np.testing.assert_allclose(bits, -np.array([float(r["L_7"]) for r in rows]) / (784 * np.log(2)), rtol=1e-12)
+    # the API gives the same per-image values for the same images, binarization and seed
+    model, config = load_model(run)
+    api = vaelab.score(model, test.images, ks=(1, 7), binarize=config.binarize, seed=0)
+    saved = np.load(tmp_path / "s" / "scores.npz")
+    np.testing.assert_allclose(api["L_7"], saved["L_7"], rtol=1e-12)
+    assert json.loads(str(saved["meta"]))["images"] == 14
+    assert (tmp_path / "s" / "scores.png").stat().st_size > 0
+    assert not list((tmp_path / "s").glob("score.partial-*"))  # shards removed once the results are written
+
+
+def test_score_resumes_from_its_shards_and_refuses_to_overwrite(tiny_run, tmp_path, capsys, monkeypatch):
+    run, _ = tiny_run
+    args = ["score", "--checkpoint", str(run), "--k", "1", "5", "--no-progress", "--shard-images", "4"]
+    run_ok([*args, "--out", str(tmp_path / "straight")], capsys)
+    saved = []
+    original = ShardStore.save
+
+    def save_then_die(self, shard, values):
+        original(self, shard, values)
+        saved.append(shard)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardStore, "save", save_then_die)
+    assert main([*args, "--out", str(tmp_path / "cut")]) != 0
+    monkeypatch.setattr(ShardStore, "save", original)
+    assert not (tmp_path / "cut" / "scores.csv").exists()
+    out = run_ok([*args, "--out", str(tmp_path / "cut")], capsys)
+    assert "resumed: 8 images" in out
+    assert _rows(tmp_path / "cut" / "scores.csv") == _rows(tmp_path / "straight" / "scores.csv")
+    before = (tmp_path / "cut" / "scores.csv").read_bytes()
+    run_refused(
+        [*args, "--out", str(tmp_path / "cut")], capsys, "scores.csv exists; choose another --out or pass --overwrite"
+    )
+    assert (tmp_path / "cut" / "scores.csv").read_bytes() == before  # nothing already written is lost
+    run_ok([*args, "--out", str(tmp_path / "cut"), "--overwrite", "--seed", "3"], capsys)
+    assert (tmp_path / "cut" / "scores.csv").read_bytes() != before
+
+
+def test_encode_gives_posterior_means_not_draws_and_matches_the_api(tiny_run, tmp_path, capsys):
+    run, data_dir = tiny_run
+    run_ok(
+        [
+            "encode",
+            "--checkpoint",
+            str(run),
+            "--out",
+            str(tmp_path / "e"),
+            "--samples",
+            "3",
+            "--split",
+            "validation",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    model, config = load_model(run)
+    images = load_dataset("idx", data_dir).train.images[-6:]
+    saved = np.load(tmp_path / "e" / "latents.npz")
+    x = vaelab.data.binarize(vaelab.data.pixels(images), "dynamic", torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        posterior = model.posterior(x)
+    np.testing.assert_allclose(saved["mean_1"], posterior.mu.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(saved["logvar_1"], posterior.logvar.numpy(), rtol=1e-6, atol=1e-7)
+    assert saved["z"].shape == (6, 3, 2)
+    # the draws are from q(z|x): standardised, they are the encoder's noise, not the mean
+    assert not np.allclose(saved["z"][:, 0], saved["mean_1"])
+    api = vaelab.encode(model, images, binarize="dynamic", seed=0, samples=3)
+    np.testing.assert_allclose(api["z"], saved["z"], rtol=1e-6)
+    rows = _rows(tmp_path / "e" / "latents.csv")
+    assert list(rows[0]) == ["index", "label", "mean_1_0", "mean_1_1", "logvar_1_0", "logvar_1_1"]
+    assert float(rows[5]["mean_1_1"]) == pytest.approx(float(saved["mean_1"][5, 1]), rel=1e-6)
+
+
+def test_reconstruct_writes_means_at_the_posterior_mean_and_a_picture(tiny_run, tmp_path, capsys):
+    run, data_dir = tiny_run
+    run_ok(
+        ["reconstruct", "--checkpoint", str(run), "--out", str(tmp_path / "r"), "--size", "5", "--no-progress"], capsys
+    )
+    model, config = load_model(run)
+    saved = np.load(tmp_path / "r" / "reconstructions.npz")
+    images = load_dataset("idx", data_dir).test.images[:5]
+    np.testing.assert_allclose(saved["mean"], vaelab.reconstruct(model, images, binarize="dynamic"), rtol=1e-6)
+    assert saved["mean"].shape == saved["input"].shape == (5, 784)
+    assert (tmp_path / "r" / "reconstructions.png").stat().st_size > 0
+
+
+def test_bad_input_is_one_line(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    import numpy as np
+
+    np.savez(tmp_path / "big.npz", train=np.zeros((4, 32, 32), np.uint8), test=np.zeros((3, 32, 32), np.uint8))
+    base = ["score", "--checkpoint", str(run), "--no-progress"]
+    run_refused([*base, "--k", "0", "--out", str(tmp_path / "a")], capsys, "every --k must be >= 1")
+    run_refused(
+        [*base, "--dataset", "array", "--data-dir", str(tmp_path / "big.npz"), "--out", str(tmp_path / "b")],
+        capsys,
+        "the images are 1x32x32 (C x H x W), the model takes 1x28x28; use --image-size 28",
+    )
+    run_refused([*base, "--size", "99", "--out", str(tmp_path / "c")], capsys, "--size 99 exceeds the 14 images")
+    run_refused(
+        [*base, "--split", "validation", "--dataset", "mnist", "--out", str(tmp_path / "d")],
+        capsys,
+        "--split validation is the run's held-out training images",
+    )
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_a_model_refuses_an_empty_set_and_wrong_shapes_in_the_api(tiny_run):
+    run, _ = tiny_run
+    model, _ = load_model(run)
+    with pytest.raises(vaelab.VaelabError, match="non-empty"):
+        vaelab.encode(model, torch.zeros((0, 28, 28), dtype=torch.uint8))
+    with pytest.raises(vaelab.VaelabError, match="3x28x28 .* takes 1x28x28; use images of 1 channel"):
+        vaelab.score(model, torch.zeros((2, 3, 28, 28), dtype=torch.uint8))
+
+
+@pytest.mark.slow
+def test_torchrun_splits_score_s_shards_with_one_process_s_result(tiny_run, tmp_path, capsys):
+    from test_distributed import torchrun
+
+    run, _ = tiny_run
+    args = ["score", "--checkpoint", str(run), "--k", "1", "5", "--no-progress", "--shard-images", "4"]
+    run_ok([*args, "--out", str(tmp_path / "one")], capsys)
+    launched = torchrun([*args, "--out", str(tmp_path / "two")], tmp_path / "logs")
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert _rows(tmp_path / "two" / "scores.csv") == _rows(tmp_path / "one" / "scores.csv")
+
+
+def test_a_second_writer_of_one_out_directory_is_refused(tiny_run, tmp_path, capsys, lock_holder):
+    run, _ = tiny_run
+    lock_holder(tmp_path / "busy")
+    run_refused(
+        ["score", "--checkpoint", str(run), "--k", "1", "--no-progress", "--out", str(tmp_path / "busy")],
+        capsys,
+        "is being written by",
+    )
+    assert not (tmp_path / "busy" / "scores.csv").exists()
