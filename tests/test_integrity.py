@@ -9,7 +9,18 @@ import pytest
 import torch
 
 from vaelab.errors import VaelabError
-from vaelab.integrity import check_schema, remembered_sha256, sha256_file, sha256_tensors, verify_file
+from vaelab import integrity
+from vaelab.integrity import (
+    check_schema,
+    printable,
+    remembered_sha256,
+    remembered_sha256_files,
+    require_free_space,
+    sha256_file,
+    sha256_files,
+    sha256_tensors,
+    verify_file,
+)
 
 
 def test_sha256_file_equals_hashlib_across_buffer_boundaries(tmp_path):
@@ -68,3 +79,30 @@ def test_schema_types_are_strict():
             check_schema(bad, schema, where="config.json", fix="fix it")
     with pytest.raises(VaelabError, match="not an object"):
         check_schema([1], schema, where="config.json", fix="fix it")
+
+
+def test_files_digest_is_the_digest_of_the_bytes_one_after_the_other_and_is_remembered(tmp_path):
+    first, second, stamp = tmp_path / "train.npy", tmp_path / "test.npy", tmp_path / "cache.sha256"
+    first.write_bytes(b"a" * 3000)
+    second.write_bytes(b"b" * 10)
+    expected = hashlib.sha256(b"a" * 3000 + b"b" * 10).hexdigest()
+    assert sha256_files([first, second]) == expected == remembered_sha256_files([first, second], stamp)
+    status = second.stat()
+    second.write_bytes(b"c" * 10)
+    os.utime(second, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert remembered_sha256_files([first, second], stamp) == expected  # neither size nor mtime moved
+    os.utime(second, ns=(status.st_atime_ns, status.st_mtime_ns + 1))
+    assert remembered_sha256_files([first, second], stamp) == hashlib.sha256(b"a" * 3000 + b"c" * 10).hexdigest()
+
+
+def test_free_space_is_required_with_a_margin(tmp_path, monkeypatch):
+    monkeypatch.setattr(integrity, "free_bytes", lambda directory: 3 * 10**9)
+    require_free_space(tmp_path, 10**9, what="the cache", fix="free space")
+    with pytest.raises(VaelabError, match=r"the cache needs 2.5 GB but .* has 3 GB free .*; free space"):
+        require_free_space(tmp_path, 25 * 10**8, what="the cache", fix="free space")  # 1 GiB spare is not left
+
+
+def test_printable_names_stay_on_one_line():
+    assert printable("cats/0001.png") == "cats/0001.png" and printable("été.png") == "été.png"
+    assert printable("bad\nname.png") == "'bad\\nname.png'"
+    assert printable(os.fsdecode(b"\xff.png")) == "'\\udcff.png'" and printable(b"\xff.png") == "'\\udcff.png'"

@@ -4,10 +4,14 @@ Every reader of something vaelab wrote earlier (the converted image cache, evalu
 checkpoints, configs, detector files) asks here rather than checking in its own way:
 
     sha256_file(path)                       # hex digest, memory flat at any size
+    sha256_files(paths)                     # one digest over several files' bytes, one after the other
     sha256_tensors(values)                  # digest of a dict of tensors' bytes, in key order
     verify_file(path, sha256, what=, fix=)  # the file's digest must be `sha256`, else VaelabError
     remembered_sha256(path, stamp)          # digest, re-hashed only when size or mtime moved
+    remembered_sha256_files(paths, stamp)   # the same for sha256_files(paths)
     check_schema(mapping, schema, where=, fix=)  # keys present, types exact (a bool is not an int)
+    require_free_space(directory, size, what=, fix=)  # refuse before writing what would fill the disk
+    printable(name)                         # a file name as one printable line, for messages
 
 A mismatch is a VaelabError naming the file, what was expected and found, and the fix.
 """
@@ -20,7 +24,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -31,12 +35,18 @@ _HASH_CHUNK = 1 << 20
 
 def sha256_file(path: str | Path) -> str:
     """SHA-256 (hex) of the file's bytes, read through one reused 1 MiB buffer."""
+    return sha256_files([path])
+
+
+def sha256_files(paths: Sequence[str | Path]) -> str:
+    """SHA-256 (hex) over the files' bytes one after the other, through one reused 1 MiB buffer."""
     digest = hashlib.sha256()
     buffer = bytearray(_HASH_CHUNK)
     view = memoryview(buffer)
-    with open(path, "rb") as file:
-        while read := file.readinto(buffer):
-            digest.update(view[:read])
+    for path in paths:
+        with open(path, "rb") as file:
+            while read := file.readinto(buffer):
+                digest.update(view[:read])
     return digest.hexdigest()
 
 
@@ -65,16 +75,28 @@ def remembered_sha256(path: str | Path, stamp: str | Path) -> str:
     """The file's SHA-256, hashed once and remembered in `stamp` with its size and mtime: while neither moves the
     remembered digest is returned without reading the file (a cheap check at every run start); a changed size or
     mtime hashes it again. A stamp that cannot be written is not an error (the digest is still returned)."""
-    path, stamp = Path(path), Path(stamp)
-    status = path.stat()
+    status = Path(path).stat()
     key = {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+    return _remembered(key, Path(stamp), lambda: sha256_file(path))
+
+
+def remembered_sha256_files(paths: Sequence[str | Path], stamp: str | Path) -> str:
+    """sha256_files(paths), remembered in `stamp` as remembered_sha256 does: hashed again only when the size or
+    mtime of one of the files moved."""
+    statuses = [Path(path).stat() for path in paths]
+    key = {"files": [[Path(path).name, s.st_size, s.st_mtime_ns] for path, s in zip(paths, statuses)]}
+    return _remembered(key, Path(stamp), lambda: sha256_files(paths))
+
+
+def _remembered(key: dict, stamp: Path, digest_of: Callable[[], str]) -> str:
+    """The digest saved in `stamp` beside the same `key`, else digest_of(), saved there with `key`."""
     try:
         saved = json.loads(stamp.read_text())
         if isinstance(saved, dict) and {k: saved.get(k) for k in key} == key and isinstance(saved.get("sha256"), str):
             return saved["sha256"]
     except (OSError, ValueError):
         pass
-    digest = sha256_file(path)
+    digest = digest_of()
     from vaelab.io import atomic_write  # io imports nothing of ours but errors; kept local for a light import
 
     try:
@@ -142,3 +164,32 @@ def free_bytes(directory: str | Path) -> int:
         directory = directory.parent
     status = os.statvfs(directory)
     return status.f_bavail * status.f_frsize
+
+
+FREE_SPACE_MARGIN = 1 << 30  # left free beyond what is written (or 5 % of it, if more): logs, checkpoints, the OS
+
+
+def require_free_space(directory: str | Path, size: int, *, what: str, fix: str) -> None:
+    """Raise VaelabError unless `size` bytes plus a margin (1 GiB or 5 % of size) are free where `directory` is."""
+    free = free_bytes(directory)
+    if size + max(FREE_SPACE_MARGIN, size // 20) > free:
+        raise VaelabError(
+            f"{what} needs {_human(size)} but {directory} has {_human(free)} free (and keeps 1 GiB or 5 % spare); {fix}"
+        )
+
+
+def _human(size: int) -> str:
+    """Bytes as B, kB, MB, GB, TB (powers of 1000), three significant figures."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def printable(name: str | os.PathLike) -> str:
+    """A file name as one printable line: as it is when it is (and is valid UTF-8), else quoted as Python's repr
+    quotes it, so a newline, a control character or an undecodable byte (a surrogate escape) cannot split or
+    garble an error line."""
+    text = os.fspath(name)
+    text = text if isinstance(text, str) else os.fsdecode(text)
+    return text if text.isprintable() else repr(text)

@@ -8,6 +8,11 @@ relative paths, sizes and mtimes or an array file's SHA-256, and the conversion 
 and test.npy (uint8 (N, C, H, W): channel first, the layout torch convolutions read; grey is C = 1),
 train_labels.npy and test_labels.npy (int64 (N,)) and meta.json, written last: a directory without
 meta.json is an unfinished conversion and is built again; a failed conversion removes what it wrote.
+Each read checks meta.json's schema and the files against its digests (cache_digest over train.npy then
+test.npy, labels_digest over the two label files), hashed once and remembered beside them with the files'
+sizes and mtimes (vaelab.integrity), so a damaged entry is found at every run start for the price of a stat;
+a damaged entry is derived data, converted again from its source with one line on stderr. A conversion that
+would not fit on the disk, or images of an absurd stored size, are refused before anything is written.
 A conversion streams: each image is decoded, checked, resized and written into the memory-mapped output
 on its own (an array in blocks), so memory stays flat however many files there are; a split read back is
 `np.load(mmap_mode="c")` behind a torch tensor, so a set larger than memory still trains.
@@ -27,6 +32,7 @@ import io
 import json
 import os
 import struct
+import sys
 import time
 import zipfile
 import zlib
@@ -38,7 +44,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vaelab import integrity
 from vaelab.errors import VaelabError
+from vaelab.integrity import printable
 from vaelab.io import atomic_write, remove_stale_temporaries, temporary_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # compared case-insensitively
@@ -50,8 +58,29 @@ SPLITS = ("train", "test")
 CONVERTED_DIR = "converted"
 META_NAME = "meta.json"
 CACHE_FORMAT = 1  # part of the key: a change of layout converts again rather than misreading
-_HASH_CHUNK = 1 << 20
+CACHE_STAMP, LABELS_STAMP = "cache.sha256", "labels.sha256"  # the remembered digests (integrity.remembered_*)
+ARRAY_NAMES = ("train", "test", "train_labels", "test_labels")
+# Without --image-size, images larger than this are almost surely an oversight (photos straight off a camera):
+# a 4000x4000 colour image is 48 MB of cache, and no model here trains at that size.
+MAX_STORED_PIXELS = 2048 * 2048
+# Labels are class numbers 0..n-1; per-class tables and plot legends hold one entry per number up to the largest.
+MAX_LABEL = (1 << 20) - 1
 _BLOCK_BYTES = 1 << 26  # an array is converted in blocks of about 64 MB
+# meta.json's keys and types; labels_digest is absent from entries written before it was recorded.
+_META_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "source": str,
+    "kind": str,
+    "classes": list,
+    "shape": list,
+    "channels": int,
+    "train": int,
+    "test": int,
+    "source_digest": str,
+    "cache_digest": str,
+    "image_size": int,
+    "test_fraction": float,
+    "seed": int,
+}
 
 
 @dataclass(frozen=True)
@@ -105,29 +134,73 @@ def load_images(
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     directory = cache_root / CONVERTED_DIR / key
     if (directory / META_NAME).is_file():
-        with contextlib.suppress(VaelabError):  # a damaged entry is derived data: it is converted again
-            return read_converted(directory)
+        try:
+            return _read_verified(directory)
+        except _Damaged as damage:  # derived data, and its source is here: converted again, said in one line
+            print(
+                f"vaelab: the converted cache {directory} is damaged ({damage}); converting it again from "
+                f"{printable(path)}",
+                file=sys.stderr,
+            )
     return source.convert(directory, settings, progress)
 
 
+class _Damaged(Exception):
+    """A cache entry that is not what its meta.json says (the reason is the message)."""
+
+
 def read_converted(directory: Path) -> Converted:
-    """A finished cache entry, its arrays memory-mapped copy-on-write (torch wants a writable array; no copy)."""
+    """A finished cache entry, verified against meta.json's digests, its arrays memory-mapped copy-on-write
+    (torch wants a writable array; no copy); a damaged entry is a VaelabError."""
     try:
-        meta = json.loads((directory / META_NAME).read_text())
-        arrays = {
-            name: np.load(directory / f"{name}.npy", mmap_mode="c", allow_pickle=False)
-            for name in ("train", "test", "train_labels", "test_labels")
-        }
-        for split in SPLITS:
-            images, labels = arrays[split], arrays[f"{split}_labels"]
-            if images.dtype != np.uint8 or images.shape != (meta[split], *meta["shape"]):
-                raise ValueError(f"{split}.npy is {images.dtype} {images.shape}, meta.json says {meta['shape']}")
-            if labels.dtype != np.int64 or labels.shape != (meta[split],):
-                raise ValueError(f"{split}_labels.npy does not hold {meta[split]} int64 labels")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise VaelabError(f"the converted cache {directory} is damaged ({error}); delete it and load again") from None
+        return _read_verified(directory)
+    except _Damaged as damage:
+        raise VaelabError(f"the converted cache {directory} is damaged ({damage}); delete it and load again") from None
+
+
+def _read_verified(directory: Path) -> Converted:
+    """read_converted, a damaged entry raising _Damaged: meta.json's schema, then the digests, then the arrays'
+    dtypes and shapes against meta.json."""
+    try:
+        meta = _read_meta(directory)
+        _verify_digests(directory, meta)
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in ARRAY_NAMES}
+    except (OSError, ValueError, EOFError, VaelabError) as error:
+        raise _Damaged(str(error)) from None
+    for split in SPLITS:
+        images, labels = arrays[split], arrays[f"{split}_labels"]
+        if images.dtype != np.uint8 or images.shape != (meta[split], *meta["shape"]):
+            raise _Damaged(f"{split}.npy is {images.dtype} {images.shape}, meta.json says {meta['shape']}")
+        if labels.dtype != np.int64 or labels.shape != (meta[split],):
+            raise _Damaged(f"{split}_labels.npy does not hold {meta[split]} int64 labels")
     tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
     return Converted(tensors["train"], tensors["train_labels"], tensors["test"], tensors["test_labels"], meta)
+
+
+def _read_meta(directory: Path) -> dict:
+    """meta.json of a cache entry, its keys and types checked (VaelabError, OSError or ValueError if not)."""
+    meta = json.loads((directory / META_NAME).read_text())
+    integrity.check_schema(meta, _META_SCHEMA, where=META_NAME, fix="it was edited or cut short")
+    shape, classes = meta["shape"], meta["classes"]
+    if len(shape) != 3 or not all(integrity.is_instance(n, int) and n > 0 for n in shape):
+        raise VaelabError(f"{META_NAME}: 'shape' is {shape!r}, not three positive integers (C, H, W)")
+    if not all(isinstance(name, str) for name in classes) or min(meta["train"], meta["test"]) < 0:
+        raise VaelabError(f"{META_NAME}: 'classes' holds a non-name or a count is negative")
+    return meta
+
+
+def _verify_digests(directory: Path, meta: dict) -> None:
+    """Raise VaelabError unless the files' (remembered) digests are meta.json's: cache_digest over train.npy then
+    test.npy, and labels_digest over the label files where meta.json has one (entries written before it lack it)."""
+    checks = [(("train", "test"), CACHE_STAMP, "cache_digest")]
+    if "labels_digest" in meta:
+        checks.append((("train_labels", "test_labels"), LABELS_STAMP, "labels_digest"))
+    for names, stamp, key in checks:
+        paths = [directory / f"{name}.npy" for name in names]
+        actual = integrity.remembered_sha256_files(paths, directory / stamp)
+        if actual != meta[key]:
+            shown = " then ".join(path.name for path in paths)
+            raise VaelabError(f"{shown} have SHA-256 {actual[:16]}..., meta.json's {key} is {str(meta[key])[:16]}...")
 
 
 def converted_entries(cache_root: Path) -> list[dict]:
@@ -136,11 +209,13 @@ def converted_entries(cache_root: Path) -> list[dict]:
     for directory in sorted(path for path in (cache_root / CONVERTED_DIR).glob("*") if path.is_dir()):
         size = sum(path.stat().st_size for path in directory.glob("*.npy"))
         try:
-            meta = json.loads((directory / META_NAME).read_text())
+            meta = _read_meta(directory)
         except FileNotFoundError:
             entries.append({"dir": str(directory), "bytes": size, "problem": "unfinished conversion (no meta.json)"})
         except (OSError, ValueError):
             entries.append({"dir": str(directory), "bytes": size, "problem": "unreadable meta.json"})
+        except VaelabError as error:
+            entries.append({"dir": str(directory), "bytes": size, "problem": str(error)})
         else:
             entries.append({**meta, "dir": str(directory), "bytes": size})
     return entries
@@ -186,7 +261,8 @@ class _FolderSource:
             outside = [name for name, part in zip(self.names, parts) if part[0] not in SPLITS]
             if outside:
                 raise VaelabError(
-                    f"{len(outside)} images lie outside train/ and test/ in {root} (e.g. {outside[0]}); "
+                    f"{len(outside)} images lie outside train/ and test/ in {printable(root)} (e.g. "
+                    f"{printable(outside[0])}); "
                     "move them into one of the two, or remove them"
                 )
             self.is_test = np.array([part[0] == "test" for part in parts], dtype=bool)
@@ -197,9 +273,9 @@ class _FolderSource:
         self.classes = tuple(sorted({part[0] for part in parts if len(part) > 1}))
         loose = [name for name, part in zip(self.names, parts) if len(part) == 1]
         if self.classes and loose:
-            shown = ", ".join(self.classes[:3]) + (", ..." if len(self.classes) > 3 else "")
+            shown = ", ".join(map(printable, self.classes[:3])) + (", ..." if len(self.classes) > 3 else "")
             raise VaelabError(
-                f"{loose[0]} lies beside the class folders ({shown}) in {root}; "
+                f"{printable(loose[0])} lies beside the class folders ({shown}) in {printable(root)}; "
                 "move each image into its class's folder, or remove it"
             )
         index = {name: label for label, name in enumerate(self.classes)}
@@ -207,10 +283,10 @@ class _FolderSource:
 
     def identity_digest(self) -> str:
         """SHA-256 over the root and each file's relative path, size and mtime: a changed file converts again."""
-        digest = hashlib.sha256(str(self.root).encode())
+        digest = hashlib.sha256(os.fsencode(self.root))  # fsencode: a name that is not UTF-8 has its own bytes
         for name in self.names:
             stat = (self.root / name).stat()
-            digest.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+            digest.update(b"\0" + os.fsencode(name) + f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
         return digest.hexdigest()
 
     def convert(self, directory: Path, settings: dict, progress: bool) -> Converted:
@@ -226,10 +302,10 @@ class _FolderSource:
             filled = dict.fromkeys(SPLITS, 0)
             bar = tqdm(self.names, desc=f"converting {self.root}", unit="image", disable=not progress)
             for name, test, label in zip(bar, is_test, self.labels):
-                data = _read_file(self.root / name, name)
-                digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+                data = _read_file(self.root / name, printable(name))
+                digest.update(os.fsencode(name) + b"\0" + hashlib.sha256(data).digest())
                 split = "test" if test else "train"
-                outputs[split][filled[split]] = _resized(_decode(data, name), channels, image_size)
+                outputs[split][filled[split]] = _resized(_decode(data, printable(name)), channels, image_size)
                 labels[split][filled[split]] = label
                 filled[split] += 1
             return digest.hexdigest()
@@ -244,10 +320,11 @@ class _FolderSource:
         colour = False
         bar = tqdm(self.names, desc=f"checking {self.root}", unit="image", disable=not progress, leave=False)
         for name in bar:
-            size, mode = _header(self.root / name, name)
-            _check_mode(mode, name)
+            shown = printable(name)  # one line in a message, whatever bytes the name holds
+            size, mode = _header(self.root / name, shown)
+            _check_mode(mode, shown)
             colour = colour or mode in COLOUR_MODES
-            sizes.setdefault(size, name)
+            sizes.setdefault(size, shown)
             if len(sizes) > 1 and not image_size:
                 (a, first), (b, second) = list(sizes.items())[:2]
                 raise VaelabError(
@@ -259,13 +336,21 @@ class _FolderSource:
 
 
 def _walk_images(root: Path) -> Iterator[Path]:
-    """Image files under root; directory symlinks are not followed, so a link loop ends the walk, not the program."""
-    for directory, subdirs, files in os.walk(root, followlinks=False):
+    """Image files under root; directory symlinks are not followed, so a link loop ends the walk, not the program.
+    A folder that cannot be listed is refused: skipping it would drop its images (and a class) without a word."""
+    for directory, subdirs, files in os.walk(root, onerror=_unlistable, followlinks=False):
         subdirs.sort()
         for name in files:
             path = Path(directory) / name
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():  # a dangling link is no image
                 yield path
+
+
+def _unlistable(error: OSError) -> None:
+    raise VaelabError(
+        f"cannot list the folder {printable(error.filename)} ({error.strerror}): its images would be left out; "
+        "give it read and execute permission (chmod u+rx), or move it out of the data folder"
+    )
 
 
 def _read_file(path: Path, name: str) -> bytes:
@@ -284,9 +369,11 @@ class _ArraySource:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise VaelabError(f"array file {path} does not exist; pass --data-dir FILE.npy or FILE.npz")
+            raise VaelabError(f"array file {printable(path)} does not exist; pass --data-dir FILE.npy or FILE.npz")
         if path.suffix.lower() not in ARRAY_SUFFIXES:
-            raise VaelabError(f"{path} is not a .npy or .npz file; save the images with numpy.save or numpy.savez")
+            raise VaelabError(
+                f"{printable(path)} is not a .npy or .npz file; save the images with numpy.save or numpy.savez"
+            )
         self.path = path.resolve()
         self.sha256 = ""
         with self._open() as opened:
@@ -299,17 +386,21 @@ class _ArraySource:
     def identity_digest(self) -> str:
         """The file's SHA-256 (also its source_digest); read in chunks, whatever its size."""
         if not self.sha256:
-            self.sha256 = _sha256_files([self.path])
+            self.sha256 = integrity.sha256_file(self.path)
         return self.sha256
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[np.ndarray | np.lib.npyio.NpzFile]:
         """The .npy memory-mapped (read-only: nothing is read into memory), or the .npz archive (members unread)."""
         try:
+            with open(self.path, "rb") as file:
+                is_zip = file.read(2) == b"PK"
+            if is_zip:  # a cut .npz is refused here: np.load would raise with the file left open
+                zipfile.ZipFile(self.path).close()
             opened = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise VaelabError(
-                f"cannot read {self.path} as numpy data ({error}); save it with numpy.save/savez"
+                f"cannot read {printable(self.path)} as numpy data ({error}); save it with numpy.save/savez"
             ) from None
         try:
             yield opened
@@ -347,7 +438,7 @@ class _ArraySource:
 
     def _parts(self, opened: np.ndarray | np.lib.npyio.NpzFile, settings: dict) -> dict:
         """split -> (images, the rows of it that split takes, labels or None), every array checked."""
-        where = str(self.path)
+        where = printable(self.path)
         if isinstance(opened, np.ndarray):
             images, labels = opened, None
         else:
@@ -390,12 +481,42 @@ class _ArraySource:
         }
 
 
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
 def _member(archive: np.lib.npyio.NpzFile, key: str, where: str) -> np.ndarray:
-    """One array of an .npz, read into memory (zip members cannot be memory-mapped: for huge sets, use .npy)."""
+    """One array of an .npz, read into memory (zip members cannot be memory-mapped: for huge sets, use .npy),
+    after its header is checked against the bytes the member holds (a lying header would allocate first)."""
+    try:
+        claimed, held = _member_bytes(archive, key)
+    except _NPZ_ERRORS as error:
+        raise VaelabError(f"{where}: cannot read its array {key!r} ({error}); save it again with numpy.savez") from None
+    if claimed > held:
+        raise VaelabError(
+            f"{where}: its array {key!r} claims {claimed:,} bytes but holds {held:,}; the file is damaged, save it "
+            "again with numpy.savez"
+        )
     try:
         return archive[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    except _NPZ_ERRORS as error:
         raise VaelabError(f"{where}: cannot read its array {key!r} ({error}); save it again with numpy.savez") from None
+    except MemoryError:
+        raise VaelabError(
+            f"{where}: its array {key!r} ({claimed / 1e9:.3g} GB) does not fit in memory; save it with numpy.save "
+            "as a .npy file, which is memory-mapped"
+        ) from None
+
+
+def _member_bytes(archive: np.lib.npyio.NpzFile, key: str) -> tuple[int, int]:
+    """(bytes its .npy header claims, bytes of data the zip member holds after that header)."""
+    info = archive.zip.getinfo(f"{key}.npy")
+    with archive.zip.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        # version 3 differs from 2 only in the header's text encoding (utf-8), which uint8 images never need
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        header_bytes = member.tell()
+    return int(np.prod(shape, dtype=object)) * dtype.itemsize, info.file_size - header_bytes
 
 
 def _check_images(array: np.ndarray, where: str) -> np.ndarray:
@@ -435,6 +556,11 @@ def _check_labels(labels: np.ndarray | None, count: int, where: str) -> np.ndarr
         )
     if labels.min() < 0:
         raise VaelabError(f"{where}: label {int(labels.min())} is negative; number the classes 0..n-1")
+    if labels.max() > MAX_LABEL:  # before the cast to int64, which would wrap a uint64 of 2^63 or more
+        raise VaelabError(
+            f"{where}: label {int(labels.max())} is above {MAX_LABEL}; labels are class numbers, number the classes "
+            "0..n-1 (e.g. np.unique(labels, return_inverse=True)[1])"
+        )
     return labels.astype(np.int64)
 
 
@@ -557,13 +683,15 @@ def _build(
 
     Any failure (a bad image, a full disk, Ctrl-C) removes what this conversion wrote; other entries are untouched.
     """
+    _check_room(directory, shape, counts, described["image_size"])
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise VaelabError(
             f"cannot create the cache {directory} ({error.strerror}); set VAELAB_DATA to a writable directory"
         ) from None
-    (directory / META_NAME).unlink(missing_ok=True)  # unfinished from here until meta.json is written again
+    for name in (META_NAME, CACHE_STAMP, LABELS_STAMP):  # unfinished from here until meta.json is written again
+        (directory / name).unlink(missing_ok=True)
     targets = {split: directory / f"{split}.npy" for split in SPLITS}
     staged = {split: temporary_path(target) for split, target in targets.items()}
     try:
@@ -591,7 +719,7 @@ def _build(
             "train": counts["train"],
             "test": counts["test"],
             "source_digest": source_digest,
-            "cache_digest": _cache_sha256(directory),
+            **_digests(directory),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write(directory / META_NAME, json.dumps(meta, indent=2) + "\n", what="cache description")
@@ -599,6 +727,25 @@ def _build(
         _discard_unfinished(directory, staged.values())
         raise
     return read_converted(directory)
+
+
+def _check_room(directory: Path, shape: tuple[int, int, int], counts: dict[str, int], image_size: int) -> None:
+    """Refuse, before anything is written, images of an absurd stored size and a cache the disk cannot hold."""
+    count = sum(counts.values())
+    size = count * (int(np.prod(shape)) + 8)  # uint8 pixels and an int64 label per image
+    channels, height, width = shape
+    described = f"{count} images of {channels}x{height}x{width} (channels x height x width)"
+    if not image_size and height * width > MAX_STORED_PIXELS:
+        raise VaelabError(
+            f"{described} make a {size / 1e9:.3g} GB cache, too large to train on at their stored size; pass "
+            "--image-size S (e.g. 64) to resize the shorter side to S and centre-crop S x S"
+        )
+    integrity.require_free_space(
+        directory,
+        size,
+        what=f"the converted cache of {described}",
+        fix="pass a smaller --image-size, free space, or set VAELAB_DATA to a larger disk",
+    )
 
 
 def _reserve(path: Path, directory: Path) -> None:
@@ -622,26 +769,22 @@ def _discard_unfinished(directory: Path, staged: object) -> None:
         for path in staged:  # type: ignore[attr-defined]
             path.unlink(missing_ok=True)
         if not (directory / META_NAME).exists():
-            for name in ("train.npy", "test.npy", "train_labels.npy", "test_labels.npy"):
+            for name in (*(f"{name}.npy" for name in ARRAY_NAMES), CACHE_STAMP, LABELS_STAMP):
                 (directory / name).unlink(missing_ok=True)
             directory.rmdir()
 
 
-def _cache_sha256(directory: Path) -> str:
-    """cache_digest: SHA-256 over the bytes of train.npy then test.npy (their .npy headers included)."""
-    return _sha256_files([directory / "train.npy", directory / "test.npy"])
-
-
-def _sha256_files(paths: list[Path]) -> str:
-    """SHA-256 over the files' bytes one after the other, through one reused buffer (memory flat at any size)."""
-    digest = hashlib.sha256()
-    buffer = bytearray(_HASH_CHUNK)
-    view = memoryview(buffer)
-    for path in paths:
-        with open(path, "rb") as file:
-            while read := file.readinto(buffer):
-                digest.update(view[:read])
-    return digest.hexdigest()
+def _digests(directory: Path) -> dict[str, str]:
+    """cache_digest: SHA-256 over the bytes of train.npy then test.npy (their .npy headers included);
+    labels_digest: the same over the label files. Hashed once here and remembered beside them, so the check at
+    each read costs a stat while the files' sizes and mtimes stay."""
+    return {
+        key: integrity.remembered_sha256_files([directory / f"{name}.npy" for name in names], directory / stamp)
+        for key, names, stamp in (
+            ("cache_digest", ("train", "test"), CACHE_STAMP),
+            ("labels_digest", ("train_labels", "test_labels"), LABELS_STAMP),
+        )
+    }
 
 
 __all__ = [
