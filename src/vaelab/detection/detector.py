@@ -103,27 +103,31 @@ class OODDetector:
         self.seconds_per_image = float("nan")  # the last score() call's time per image
 
     # --- inputs and per-image values --------------------------------------------------------------------------
-    def _inputs(self, images: Any) -> tuple[torch.Tensor, np.ndarray]:
-        """uint8 images (N, [C,] H, W) or float pixels (N, P) -> (the model's input x (N, P), its uint8 bytes)."""
+    def prepare(self, images: Any) -> torch.Tensor:
+        """uint8 images (N, [C,] H, W) or float pixels (N, P) -> the model's input x (N, P), binarized as trained."""
         images = _as_tensor(images)
         if images.is_floating_point():
             images = images.reshape(images.shape[0], -1) if images.dim() > 2 else images
-        x = prepare(images, self.model.spec, self.binarize, self.seed)
-        return x, (x * 255).round().to(torch.uint8).numpy()
+        return prepare(images, self.model.spec, self.binarize, self.seed)
 
-    def _values(self, x: torch.Tensor, raw: np.ndarray) -> dict[str, np.ndarray]:
+    def values(self, x: torch.Tensor, first_image: int = 0) -> dict[str, torch.Tensor]:
+        """What the statistic needs of each image x (N, P), the images first_image .. of a set: float64 (N,) per
+        name ("L_k", "log_likelihood", "kl", "bits", "L_above", "elbo", "elbo_refit" as the statistic asks). Draws
+        are seeded by image index, so these are the values `vaelab.evaluation.runner` shards and merges."""
         needed: dict[str, np.ndarray] = {}
         if self.statistic != "regret":
-            needed.update(values.bounds(self.model, x, self.k, self.seed))
+            needed.update(values.bounds(self.model, x, self.k, self.seed, first_image=first_image))
         if self.statistic in ("complexity", "dose"):
-            needed["bits"] = stats.complexity_bits(raw)
+            needed["bits"] = stats.complexity_bits((x * 255).round().to(torch.uint8).numpy())
         if self.statistic == "llr":
-            needed["L_above"] = values.bound_above_first_layer(self.model, x, self.k, self.seed)
+            needed["L_above"] = values.bound_above_first_layer(
+                self.model, x, self.k, self.seed, first_image=first_image
+            )
         if self.statistic == "regret":
             needed["elbo"], needed["elbo_refit"] = values.refit_elbo(
-                self.model, x, steps=self.regret_steps, seed=self.seed
+                self.model, x, steps=self.regret_steps, seed=self.seed, first_image=first_image
             )
-        return needed
+        return {name: torch.from_numpy(np.asarray(value, dtype=np.float64)) for name, value in needed.items()}
 
     def _features(self, v: dict[str, np.ndarray]) -> np.ndarray:
         return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"]), axis=1)  # (N, 4)
@@ -145,15 +149,19 @@ class OODDetector:
     # --- the PyOD shape ---------------------------------------------------------------------------------------
     def fit(self, images: Any) -> OODDetector:
         """Fit on in-distribution images: keep their scores and the threshold at the (1 - fpr) quantile."""
-        x, raw = self._inputs(images)
-        v = self._values(x, raw)
+        return self.fit_values(self.values(self.prepare(images)))
+
+    def fit_values(self, per_image: dict[str, Any]) -> OODDetector:
+        """`fit` from the fit images' `values` (computed in one pass or merged from shards)."""
+        v = {name: np.asarray(value, dtype=np.float64) for name, value in per_image.items()}
+        count = next(iter(v.values())).shape[0]
         if self.statistic in ("typicality", "dose"):
-            if x.shape[0] < 4:
-                raise VaelabError(f"statistic {self.statistic!r} fits on at least 4 images, got {x.shape[0]}")
+            if count < 4:
+                raise VaelabError(f"statistic {self.statistic!r} fits on at least 4 images, got {count}")
             # A density (or a mean) fitted on one half, the threshold calibrated on the other: scores of the images
             # a density was fitted on would be too low.
-            order = np.random.default_rng(self.seed).permutation(x.shape[0])
-            fit_half, calibrate = np.sort(order[: x.shape[0] // 2]), np.sort(order[x.shape[0] // 2 :])
+            order = np.random.default_rng(self.seed).permutation(count)
+            fit_half, calibrate = np.sort(order[: count // 2]), np.sort(order[count // 2 :])
             self.entropy = float(-v["L_k"][fit_half].mean())
             if self.statistic == "dose":
                 self.density = stats.DensityOfStates.fit(self._features(v)[fit_half])
@@ -166,16 +174,25 @@ class OODDetector:
         """(N,) float64 scores in input order; higher = more anomalous."""
         self._require_fit()
         started = time.perf_counter()
-        x, raw = self._inputs(images)
-        scores = self._statistic(self._values(x, raw))
+        x = self.prepare(images)
+        scores = self.score_values(self.values(x))
         self.seconds_per_image = (time.perf_counter() - started) / x.shape[0]
         return scores
 
-    def p_values(self, images: Any) -> np.ndarray:
-        """(N,) conformal p-values (1 + #{fit scores >= s}) / (n + 1): uniform on in-distribution images."""
-        scores = self.score(images)
+    def score_values(self, per_image: dict[str, Any]) -> np.ndarray:
+        """`score` from the images' `values`."""
+        self._require_fit()
+        return self._statistic({name: np.asarray(value, dtype=np.float64) for name, value in per_image.items()})
+
+    def p_values_of(self, scores: np.ndarray) -> np.ndarray:
+        """(N,) conformal p-values (1 + #{fit scores >= s}) / (n + 1) of scores: uniform on in-distribution images."""
+        self._require_fit()
         at_least = self.fit_scores.size - np.searchsorted(self.fit_scores, scores, side="left")  # type: ignore[union-attr]
         return (1.0 + at_least) / (self.fit_scores.size + 1.0)  # type: ignore[union-attr]
+
+    def p_values(self, images: Any) -> np.ndarray:
+        """(N,) conformal p-values (1 + #{fit scores >= s}) / (n + 1): uniform on in-distribution images."""
+        return self.p_values_of(self.score(images))
 
     def predict(self, images: Any) -> np.ndarray:
         """(N,) bool: True where the score exceeds the threshold (out-of-distribution)."""
