@@ -361,6 +361,43 @@ def epoch_strip(
 FIGURE_NAMES = ("manifold.png", "latent_scatter.png", "interpolations.png", "draws.png", "training_strip.png")
 
 
+def detection_figure(
+    scores_in: np.ndarray,
+    scores_out: np.ndarray | None,
+    threshold: float,
+    roc: tuple[np.ndarray, np.ndarray] | None = None,
+    title: str = "",
+    names: tuple[str, str] = ("in-distribution", "out-of-distribution"),
+) -> Figure:
+    """A detector's scores: the two histograms (in, and out if given) with the threshold; beside them the ROC
+    curve (false-positive rate, true-positive rate) when `roc` is given."""
+    panels = 2 if roc is not None else 1
+    figure = Figure(figsize=(5.0 * panels, 3.6), dpi=DPI)
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    finite = [np.asarray(s, np.float64) for s in (scores_in, scores_out) if s is not None]
+    values = np.concatenate([s[np.isfinite(s)] for s in finite])
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    bins = np.linspace(low, high if high > low else low + 1.0, 50)
+    for scores, name, colour in zip(finite, names, ("tab:blue", "tab:red")):
+        axes[0].hist(scores[np.isfinite(scores)], bins=bins, alpha=0.55, color=colour, label=f"{name} ({scores.size})")
+    axes[0].axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
+    axes[0].set_xlabel("score (higher = more anomalous)")
+    axes[0].set_ylabel("images")
+    axes[0].legend(fontsize=8)
+    if roc is not None:
+        fpr, tpr = roc
+        axes[1].plot(fpr, tpr, color="tab:red")
+        axes[1].plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        axes[1].set_xlabel("false-positive rate")
+        axes[1].set_ylabel("true-positive rate")
+        axes[1].set_xlim(0, 1)
+        axes[1].set_ylim(0, 1.01)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 def write_figures(
     pictures: Any,
     out_dir: str | Path,

@@ -4,6 +4,7 @@
     vaelab encode      --checkpoint RUN --out DIR [--dataset D --split S] [--samples N]
     vaelab reconstruct --checkpoint RUN --out DIR [--dataset D --split S]
     vaelab score       --checkpoint RUN --out DIR [--dataset D --split S] [--k 1 100] [--laplace]
+    vaelab detect      fit|score --checkpoint RUN --out DIR [--detector DET/detector.json] [--against D]
     vaelab evaluate --checkpoint RUN [--k 1 10 100 1000 5000]
     vaelab sample   --checkpoint RUN [--n 64] --out FILE.png
     vaelab plot     RUN [--out DIR] [--split test] [--size N] [--spherical] [--seed S]
@@ -22,10 +23,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from vaelab.cli import data, encode, evaluate, laplace, plot, reconstruct, report, sample, score, train
+from vaelab.cli import data, detect, encode, evaluate, laplace, plot, reconstruct, report, sample, score, train
 from vaelab.errors import VaelabError
 
-SUBCOMMANDS = (train, encode, reconstruct, score, evaluate, sample, plot, report, data, laplace)
+SUBCOMMANDS = (train, encode, reconstruct, score, detect, evaluate, sample, plot, report, data, laplace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{train,encode,reconstruct,score,evaluate,sample,plot,report,data,laplace}",
+        metavar="{train,encode,reconstruct,score,detect,evaluate,sample,plot,report,data,laplace}",
     )
     for subcommand in SUBCOMMANDS:
         subcommand.add_parser(subparsers)
