@@ -32,6 +32,10 @@ def test_the_readme_quickstart_runs_and_trains(tmp_path):
     assert tuple(namespace["images"].shape) == (16, 784)
     assert (tmp_path / "runs" / "quickstart" / "checkpoint.pt").is_file()
     assert namespace["saved_config"] == namespace["config"]
+    assert namespace["codes"].shape == (200, 20)
+    detector = namespace["detector"]
+    assert detector.predict(namespace["test_x"][1000:1400]).mean() < 0.15  # near its 5 % false-positive rate
+    assert detector.predict(1 - namespace["test_x"][:100]).mean() > 0.9  # negatives of digits are flagged
 
 
 def test_importing_vaelab_does_not_import_torch():
