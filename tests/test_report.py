@@ -268,3 +268,45 @@ def test_report_out_must_be_html_in_an_existing_directory(tiny_idx_dir, tmp_path
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(run_dir), "--out", str(tmp_path / "elsewhere.html")]) == 0
     assert (tmp_path / "elsewhere.html").read_text().startswith("<!doctype html>")
+
+
+def _scored_and_detected(run_dir, data_dir, tmp_path, capsys):
+    """score and detect-score directories of the run's test images (labels 0-4 count as outliers)."""
+    base = ["--checkpoint", str(run_dir), "--no-progress"]
+    assert main(["score", *base, "--k", "1", "4", "--out", str(tmp_path / "scored")]) == 0
+    assert main(["detect", "fit", *base, "--k", "2", "--out", str(tmp_path / "det")]) == 0
+    detector = str(tmp_path / "det" / "detector.json")
+    args = ["detect", "score", *base, "--detector", detector, "--outlier-labels", "0", "1", "2", "3", "4"]
+    assert main([*args, "--out", str(tmp_path / "detected")]) == 0
+    capsys.readouterr()
+    return tmp_path / "scored", tmp_path / "detected"
+
+
+def test_scored_and_detected_sets_get_their_own_sections(browser, tiny_idx_dir, tmp_path, capsys):
+    run_dir = make_run(tiny_idx_dir, tmp_path, capsys)
+    scored, detected = _scored_and_detected(run_dir, tmp_path / "idx0", tmp_path, capsys)
+    assert main(["report", str(run_dir), "--use", str(scored), str(detected)]) == 0
+    opened = OpenedPage(browser, run_dir / "report.html")
+    assert opened.errors == [] and opened.requests == [opened.url]
+    page = opened.page
+    assert page.locator("nav a").all_inner_texts()[2:4] == [
+        "Scored: idx test (40 images)",
+        "Detected: idx test (40 images)",
+    ]
+    scored_rows = page.locator("#use-1-values tbody th").all_inner_texts()
+    assert {"L_1", "L_4", "elbo", "reconstruction", "kl"} <= set(scored_rows)
+    assert {"score", "p_value", "flagged"} <= set(page.locator("#use-2-values tbody th").all_inner_texts())
+    captions = page.locator("#use-1 figcaption, #use-2 figcaption").all_inner_texts()
+    assert captions == ["scores.png", "detect.png"]
+    assert page.evaluate("[...document.images].every(image => image.complete && image.naturalWidth > 0)")
+    page.close()
+
+
+def test_a_set_scored_with_another_model_is_refused(tiny_idx_dir, tmp_path, capsys):
+    run_dir = make_run(tiny_idx_dir, tmp_path, capsys)
+    other = make_run(tiny_idx_dir, tmp_path, capsys, name="other", options=("--latent-dim", "3"))
+    scored, _ = _scored_and_detected(other, None, tmp_path, capsys)
+    assert main(["report", str(run_dir), "--use", str(scored)]) == 2
+    assert "was written with another checkpoint" in capsys.readouterr().err
+    assert main(["report", str(run_dir), "--use", str(tmp_path)]) == 2
+    assert "holds no scores.npz or detect.npz" in capsys.readouterr().err

@@ -20,6 +20,13 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("run", metavar="RUN", help="the run directory that `vaelab train --out` wrote")
     parser.add_argument("--out", default=None, help="HTML file to write (default: RUN/report.html)")
+    parser.add_argument(
+        "--use",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="add a section for each directory `vaelab score` or `vaelab detect score` wrote with this run's model",
+    )
     parser.set_defaults(func=run)
 
 
@@ -33,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise VaelabError(f"--out must name an .html file (got {out})")
     if not out.parent.is_dir():
         raise VaelabError(f"directory {out.parent} does not exist; create it or choose another --out")
-    page = build_report(run_dir)
+    page = build_report(run_dir, tuple(args.use))
     atomic_write(out, page, what="report")
     print(f"wrote {out} ({len(page.encode()) / 1e6:.1f} MB)")
     return 0

@@ -51,8 +51,9 @@ def check_run_dir(run_dir: str | Path) -> Path:
     return path
 
 
-def build_report(run_dir: str | Path) -> str:
-    """The report page of the run in `run_dir` as HTML text, with every picture and the decoder inside it."""
+def build_report(run_dir: str | Path, uses: tuple[str | Path, ...] = ()) -> str:
+    """The report page of the run in `run_dir` as HTML text, with every picture and the decoder inside it, and a
+    section for each directory in `uses` that `vaelab score` or `vaelab detect score` wrote with the run's model."""
     from vaelab import __version__
     from vaelab.checkpoint import load_model
     from vaelab.config import to_dict
@@ -60,6 +61,7 @@ def build_report(run_dir: str | Path) -> str:
     from vaelab.report.page import ReportContent, render
 
     run_dir = check_run_dir(run_dir)
+    used = tuple(read_used_set(run_dir, Path(directory)) for directory in uses)
     model, config = load_model(run_dir)
     from_cli = (run_dir / CONFIG_NAME).is_file()
     config_dict = _read_json(run_dir / CONFIG_NAME) if from_cli else to_dict(config)
@@ -78,6 +80,7 @@ def build_report(run_dir: str | Path) -> str:
         evaluation=evaluation,
         figures=_figures(run_dir),
         explorer=explorer_data(model, config, source="test" if from_cli else "prior"),
+        uses=used,
     )
     return render(content, __version__)
 
@@ -119,6 +122,58 @@ def summary(config: Any, metrics: list[dict[str, str]], data: str | None = None)
         except (KeyError, ValueError):
             pass
     return line
+
+
+USED_FILES = (("scores.npz", "Scored"), ("detect.npz", "Detected"))
+
+
+def read_used_set(run_dir: Path, directory: Path) -> Any:
+    """A directory `vaelab score` or `vaelab detect score` wrote -> page.UsedSet: each per-image value's mean,
+    stderr, min and max, where the numbers came from, the AUROC against known outliers, and the pictures. Refused
+    if it was scored with a checkpoint that is not this run's (checkpoint.pt or best.pt)."""
+    import numpy as np
+
+    from vaelab.integrity import check_schema, sha256_file
+    from vaelab.report.page import UsedSet
+
+    found = [(name, kind) for name, kind in USED_FILES if (directory / name).is_file()]
+    fix = "pass a directory written by `vaelab score` or `vaelab detect score` with this run's checkpoint"
+    if not found:
+        raise VaelabError(f"{directory} holds no scores.npz or detect.npz; {fix}")
+    name, kind = found[0]
+    try:
+        with np.load(directory / name, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+        raise VaelabError(f"cannot read {directory / name} ({error}); {fix}") from None
+    check_schema(
+        meta,
+        {"checkpoint_sha256": str, "dataset": str, "split": str, "images": int},
+        where=str(directory / name),
+        fix=fix,
+    )
+    ours = {sha256_file(path) for path in (run_dir / CHECKPOINT_NAME, run_dir / "best.pt") if path.is_file()}
+    if meta["checkpoint_sha256"] not in ours:
+        raise VaelabError(f"{directory / name} was written with another checkpoint than {run_dir}'s; {fix}")
+    count = meta["images"]
+    summaries = []
+    for key, values in arrays.items():
+        if key in ("index", "label") or values.ndim != 1 or values.shape[0] != count or values.dtype.kind not in "fb":
+            continue
+        values = values.astype(np.float64)
+        stderr = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+        summaries.append((key, float(values.mean()), stderr, float(values.min()), float(values.max())))
+    details = {
+        key: meta[key] for key in ("dataset", "split", "images", "binarization", "statistic", "ks") if key in meta
+    }
+    details["directory"] = str(directory)
+    if "against_score" in arrays:
+        from vaelab.detection.metrics import detection_metrics
+
+        details.update(detection_metrics(arrays["score"], arrays["against_score"]))
+    figures = [(png.name, png.read_bytes()) for png in sorted(directory.glob("*.png"))]
+    return UsedSet(f"{kind}: {meta['dataset']} {meta['split']} ({count} images)", summaries, details, figures)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -42,6 +42,18 @@ class ReportContent:
     evaluation: dict[str, Any] | None  # eval.json
     figures: list[tuple[str, bytes]]  # (file name, PNG bytes), in display order
     explorer: dict[str, Any]  # vaelab.report.explorer.explorer_data
+    uses: tuple[UsedSet, ...] = ()  # sets scored or detected with the run's model (`vaelab report --use DIR`)
+
+
+@dataclass(frozen=True)
+class UsedSet:
+    """A set of images a trained model scored (`vaelab score`) or ran a detector on (`vaelab detect score`):
+    its heading, per-value summaries (name, mean, stderr, min, max), details and pictures."""
+
+    title: str
+    summaries: list[tuple[str, float, float, float, float]]
+    details: dict[str, Any]
+    figures: list[tuple[str, bytes]]
 
 
 def render(content: ReportContent, version: str) -> str:
@@ -52,6 +64,7 @@ def render(content: ReportContent, version: str) -> str:
     ]
     if content.evaluation is not None:
         sections.append(("evaluation", "Evaluation", evaluation_section(content.evaluation)))
+    sections += [(f"use-{n}", used.title, used_section(used, n)) for n, used in enumerate(content.uses, start=1)]
     sections += [
         ("figures", "Figures", figures_section(content.figures)),
         ("configuration", "Configuration", configuration_section(content.config, content.command)),
@@ -250,6 +263,31 @@ def format_value(value: Any) -> str:
         shown = ", ".join(f"{v:.4g}" for v in value[:10])
         return html.escape(f"[{shown}, … {len(value)} values]")
     return html.escape(json.dumps(value))
+
+
+def used_section(used: UsedSet, number: int) -> str:
+    """A scored or detected set: a table of its per-image values' summaries, its details, its pictures."""
+    head = "<th>per image</th><th>mean</th><th>stderr</th><th>min</th><th>max</th>"
+    rows = "\n".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f'<td class="number">{format_value(v)}</td>' for v in values)
+        + "</tr>"
+        for name, *values in used.summaries
+    )
+    detail_rows = "\n".join(
+        f'<tr><th>{html.escape(key)}</th><td class="mono">{format_value(value)}</td></tr>'
+        for key, value in used.details.items()
+    )
+    pictures = "\n".join(
+        f'<figure><img src="{png_uri(png)}" alt="{html.escape(name)}">'
+        f'<figcaption><span class="mono">{html.escape(name)}</span></figcaption></figure>'
+        for name, png in used.figures
+    )
+    return (
+        f'<div class="columns"><table class="data" id="use-{number}-values"><thead><tr>{head}</tr></thead><tbody>\n'
+        f'{rows}\n</tbody></table>\n<div class="scroll"><table class="data"><tbody>\n{detail_rows}\n'
+        f'</tbody></table></div></div>\n<div class="figures">\n{pictures}\n</div>'
+    )
 
 
 # --- figures and configuration -----------------------------------------------------------------
