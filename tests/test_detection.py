@@ -136,15 +136,21 @@ def test_scores_come_in_input_order_for_arrays_tensors_and_prepared_pixels(fitte
     assert not np.allclose(shuffled, scores) and np.corrcoef(shuffled, scores)[0, 1] > 0.8
 
 
-@pytest.mark.parametrize("statistic", ["dose", "llr", "regret"])
-def test_an_image_s_values_do_not_depend_on_the_shard_it_is_computed_in(fitted_model, statistic):
-    """Draws are seeded by image index: values computed in two shards equal the whole pass's (the runner's need)."""
-    detector = OODDetector(fitted_model, statistic, k=4, binarize="threshold", regret_steps=3)
+@pytest.mark.parametrize(
+    "statistic, binarize", [("dose", "threshold"), ("dose", "dynamic"), ("llr", "dynamic"), ("regret", "threshold")]
+)
+def test_an_image_s_values_do_not_depend_on_the_shard_it_is_computed_in(fitted_model, statistic, binarize):
+    """Draws (noise, binarizations) are seeded by image index: values computed in two shards equal the whole
+    pass's (the runner's need)."""
+    detector = OODDetector(fitted_model, statistic, k=4, binarize=binarize, regret_steps=3, draws=3)
     x = detector.prepare(images("squares", 10, 20))
     whole = detector.values(x)
     parts = [detector.values(x[start:stop], first_image=start) for start, stop in ((0, 3), (3, 10))]
     for name, value in whole.items():
         torch.testing.assert_close(torch.cat([part[name] for part in parts]), value, rtol=1e-4, atol=1e-4)
+    if binarize == "dynamic":  # three draws averaged: not the first draw's values alone
+        single = OODDetector(fitted_model, statistic, k=4, binarize=binarize, draws=1).values(x)
+        assert not torch.allclose(single["L_k"], whole["L_k"])
 
 
 def test_p_values_are_uniform_on_the_fit_distribution(fitted_model):

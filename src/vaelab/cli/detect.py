@@ -46,6 +46,9 @@ def add_parser(subparsers: Any) -> None:
     fit.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the threshold is set for")
     fit.add_argument("--k", type=int, default=16, help="importance samples of each image's bound")
     fit.add_argument("--regret-steps", type=int, default=20, help="refit steps of the 'regret' statistic")
+    fit.add_argument(
+        "--draws", type=int, default=4, help="Bernoulli draws averaged per image (dynamically binarized models)"
+    )
     common.add_output_arguments(fit)
     score = actions.add_parser(
         "score",
@@ -71,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     if args.action == "fit":
-        if not 0 < args.fpr < 1 or args.k < 1 or args.regret_steps < 1:
+        if not 0 < args.fpr < 1 or min(args.k, args.regret_steps, args.draws) < 1:
             raise VaelabError(
-                f"--fpr must lie in (0, 1) and --k, --regret-steps be >= 1 (got {args.fpr}, {args.k}, "
-                f"{args.regret_steps})"
+                f"--fpr must lie in (0, 1) and --k, --regret-steps, --draws be >= 1 (got {args.fpr}, {args.k}, "
+                f"{args.regret_steps}, {args.draws})"
             )
         directory = common.prepare_out(args.out, [DETECTOR_NAME, "fit.csv"], args.overwrite)
         with common.lock_out(directory, "detect fit"):
@@ -87,13 +90,14 @@ def run(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace, device: Any, directory: Path) -> int:
     from vaelab.detection import OODDetector
 
-    if args.split == "validation" and args.dataset is None:
-        from vaelab.checkpoint import load_model
+    from vaelab.checkpoint import load_model
 
-        _, config = load_model(args.checkpoint)
-        if config.validation_size == 0:  # the run held none out: its test split is the nearest unseen data
-            args.split = "test"
-            print("the run held out no validation images (--validation-size 0): fitting on its test split")
+    _, config = load_model(args.checkpoint)
+    if args.split == "validation" and args.dataset is None and config.validation_size == 0:
+        args.split = "test"  # the run held none out: its test split is the nearest unseen data
+        print("the run held out no validation images (--validation-size 0): fitting on its test split")
+    binarization = config.binarize if args.binarize == "auto" else args.binarize
+    args.binarize = "none"  # the detector draws its own binarizations of the grey images
     inputs = common.open_inputs(args, device)
     detector = OODDetector(
         inputs.model,
@@ -101,10 +105,14 @@ def _fit(args: argparse.Namespace, device: Any, directory: Path) -> int:
         fpr=args.fpr,
         k=args.k,
         seed=args.seed,
-        binarize=inputs.binarization,
+        binarize=binarization,
         regret_steps=args.regret_steps,
+        draws=args.draws,
     )
-    print(f"fitting a '{args.statistic}' detector on {inputs.heading(device)}")
+    print(
+        f"fitting a '{args.statistic}' detector on {inputs.selection.description} (binarization: {binarization}"
+        f"{f', {detector.draws} draws per image' if binarization == 'dynamic' else ''}) of {inputs.checkpoint}"
+    )
     values, store = _values(args, inputs, detector, directory)
     detector.fit_values(values)
     saved = detector.save(directory / DETECTOR_NAME)
@@ -130,11 +138,10 @@ def _score(args: argparse.Namespace, device: Any, directory: Path) -> int:
 
     model, _ = load_model(args.checkpoint)
     detector = OODDetector.load(args.detector, model)
-    if args.binarize == "auto":  # the detector's values are those of images prepared as when it was fitted
-        args.binarize = detector.binarize
+    args.binarize = "none"  # the detector draws its binarizations of the grey images, as when it was fitted
     inputs = common.open_inputs(args, device)
     detector.model = inputs.model
-    print(f"scoring {inputs.heading(device)} with the '{detector.statistic}' detector {args.detector}")
+    print(f"scoring {inputs.selection.description} with the '{detector.statistic}' detector {args.detector}")
     values, store = _values(args, inputs, detector, directory)
     scores = detector.score_values(values)
     result = {"score": scores, "p_value": detector.p_values_of(scores), "flagged": scores > detector.threshold}
@@ -177,7 +184,14 @@ def _score(args: argparse.Namespace, device: Any, directory: Path) -> int:
 
 def _values(args: argparse.Namespace, inputs: Any, detector: Any, directory: Path, verb: str = "detect") -> Any:
     """The detector's per-image values over inputs.x, in the runner's resumable shards."""
-    settings = {"statistic": detector.statistic, "k": detector.k, "regret_steps": detector.regret_steps}
+    settings = {
+        "statistic": detector.statistic,
+        "k": detector.k,
+        "regret_steps": detector.regret_steps,
+        "draws": detector.draws,
+        "detector_binarize": detector.binarize,
+        "detector_seed": detector.seed,
+    }
     merged, store = common.run_pass(
         args, inputs, None, directory, verb, settings, lambda model, part, first: detector.values(part, first)
     )

@@ -16,17 +16,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaelab.data.transforms import prepare
+from vaelab.data.transforms import binarize, prepare
 from vaelab.detection import statistics as stats
 from vaelab.detection import values
 from vaelab.errors import VaelabError
+from vaelab.evaluation.common import index_bernoulli
 from vaelab.integrity import check_schema, sha256_tensors
 from vaelab.io import atomic_write
 from vaelab.models.base import LatentVariableModel
 from vaelab.models.hierarchical import TwoLayerVAE
 
 FORMAT = "vaelab-ood-detector"
-VERSION = 1
+VERSION = 2  # 2: values averaged over binarization draws; DoSE with the stored image's code length
+BINARIZE_STREAM = 6  # the dynamic binarization draws' noise stream (vaelab.evaluation.common.Noise uses 1-5)
 # name -> what it measures; every one is "higher = more anomalous".
 STATISTICS = {
     "nll": "-L_k, the raw negative log-likelihood bound (nats)",
@@ -34,7 +36,8 @@ STATISTICS = {
     "llr": "L_k - L_k^{>1}, the two-layer likelihood ratio (Havtorn et al. 2021)",
     "regret": "ELBO after a per-image refit of q - ELBO (Xiao et al. 2020)",
     "typicality": "|-L_k - mean in-distribution -L_k| (Nalisnick et al. 2019, batches of one)",
-    "dose": "-log N of (-L_k, -E_q log p(x|z), KL, zlib bits) fitted in-distribution (Morningstar et al. 2021)",
+    "dose": "-log N of (-L_k, -E_q log p(x|z), KL, zlib bits of the draw and of the stored image) fitted "
+    "in-distribution (after Morningstar et al. 2021)",
 }
 DEFAULT_STATISTIC = "dose"
 SCHEMA = {
@@ -46,6 +49,7 @@ SCHEMA = {
     "seed": int,
     "binarize": str,
     "regret_steps": int,
+    "draws": int,
     "model_sha256": str,
     "fit_scores": list,
     "threshold": float,
@@ -81,6 +85,7 @@ class OODDetector:
         seed: int = 0,
         binarize: str = "none",
         regret_steps: int = 20,
+        draws: int = 4,
     ) -> None:
         if statistic not in STATISTICS:
             raise VaelabError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
@@ -91,11 +96,14 @@ class OODDetector:
             )
         if not 0 < fpr < 1:
             raise VaelabError(f"fpr must lie in (0, 1), got {fpr}")
-        if k < 1 or regret_steps < 1:
-            raise VaelabError(f"k and regret_steps must be >= 1, got k={k}, regret_steps={regret_steps}")
+        if k < 1 or regret_steps < 1 or draws < 1:
+            raise VaelabError(f"k, regret_steps and draws must be >= 1, got {k}, {regret_steps}, {draws}")
+        if binarize not in ("none", "dynamic", "threshold"):
+            raise VaelabError(f"unknown binarization {binarize!r}; choose none, dynamic or threshold")
         self.model = model.eval()
         self.statistic, self.fpr, self.k, self.seed = statistic, float(fpr), int(k), int(seed)
         self.binarize, self.regret_steps = binarize, int(regret_steps)
+        self.draws = int(draws) if binarize == "dynamic" else 1  # a fixed binarization has one draw
         self.fit_scores: np.ndarray | None = None
         self.threshold = float("nan")
         self.entropy = float("nan")  # mean -L_k on the fit images (typicality)
@@ -104,16 +112,32 @@ class OODDetector:
 
     # --- inputs and per-image values --------------------------------------------------------------------------
     def prepare(self, images: Any) -> torch.Tensor:
-        """uint8 images (N, [C,] H, W) or float pixels (N, P) -> the model's input x (N, P), binarized as trained."""
+        """uint8 images (N, [C,] H, W) or float pixels (N, P) -> grey pixels x (N, P) in [0, 1], the model's shape
+        checked; `values` binarizes them as the model was trained."""
         images = _as_tensor(images)
         if images.is_floating_point():
             images = images.reshape(images.shape[0], -1) if images.dim() > 2 else images
-        return prepare(images, self.model.spec, self.binarize, self.seed)
+        return prepare(images, self.model.spec, "none")
 
-    def values(self, x: torch.Tensor, first_image: int = 0) -> dict[str, torch.Tensor]:
-        """What the statistic needs of each image x (N, P), the images first_image .. of a set: float64 (N,) per
-        name ("L_k", "log_likelihood", "kl", "bits", "L_above", "elbo", "elbo_refit" as the statistic asks). Draws
-        are seeded by image index, so these are the values `vaelab.evaluation.runner` shards and merges."""
+    def values(self, grey: torch.Tensor, first_image: int = 0) -> dict[str, torch.Tensor]:
+        """What the statistic needs of each image, grey pixels (N, P) in [0, 1] (`prepare`), the images
+        first_image .. of a set: float64 (N,) per name. A dynamically binarized model's values are averaged over
+        `draws` Bernoulli draws of each image (one draw's likelihood and code length are noisy); every draw is
+        seeded by image index, so these are the values `vaelab.evaluation.runner` shards and merges."""
+        grey_bits = stats.complexity_bits((grey * 255).round().to(torch.uint8).numpy())
+        per_draw = [self._draw_values(self._binarized(grey, first_image, r), first_image) for r in range(self.draws)]
+        averaged = {name: np.mean([draw[name] for draw in per_draw], axis=0) for name in per_draw[0]}
+        if self.statistic == "dose":
+            averaged["bits_grey"] = grey_bits
+        return {name: torch.from_numpy(np.asarray(value, dtype=np.float64)) for name, value in averaged.items()}
+
+    def _binarized(self, grey: torch.Tensor, first_image: int, draw: int) -> torch.Tensor:
+        if self.binarize == "dynamic":
+            return index_bernoulli(grey, self.seed, BINARIZE_STREAM, first_image, draw)
+        return binarize(grey, self.binarize)
+
+    def _draw_values(self, x: torch.Tensor, first_image: int) -> dict[str, np.ndarray]:
+        """The statistic's values of one binarization x (N, P) of the images."""
         needed: dict[str, np.ndarray] = {}
         if self.statistic != "regret":
             needed.update(values.bounds(self.model, x, self.k, self.seed, first_image=first_image))
@@ -127,10 +151,10 @@ class OODDetector:
             needed["elbo"], needed["elbo_refit"] = values.refit_elbo(
                 self.model, x, steps=self.regret_steps, seed=self.seed, first_image=first_image
             )
-        return {name: torch.from_numpy(np.asarray(value, dtype=np.float64)) for name, value in needed.items()}
+        return needed
 
     def _features(self, v: dict[str, np.ndarray]) -> np.ndarray:
-        return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"]), axis=1)  # (N, 4)
+        return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"], v["bits_grey"]), axis=1)  # (N, 5)
 
     def _statistic(self, v: dict[str, np.ndarray]) -> np.ndarray:
         name = self.statistic
@@ -216,6 +240,7 @@ class OODDetector:
             "seed": self.seed,
             "binarize": self.binarize,
             "regret_steps": self.regret_steps,
+            "draws": self.draws,
             "model_sha256": sha256_tensors(self.model.state_dict()),
             "fit_scores": self.fit_scores.tolist(),  # type: ignore[union-attr]
             "threshold": self.threshold,
@@ -247,6 +272,7 @@ class OODDetector:
             seed=state["seed"],
             binarize=state["binarize"],
             regret_steps=state["regret_steps"],
+            draws=state["draws"],
         )
         detector.fit_scores = np.asarray(state["fit_scores"], dtype=np.float64)
         detector.threshold, detector.entropy = state["threshold"], state["entropy"]

@@ -124,6 +124,18 @@ class Noise:
         return torch.stack(rows).to(self.device)
 
 
+def index_bernoulli(x: torch.Tensor, seed: int, stream: int, first_image: int, draw: int) -> torch.Tensor:
+    """A Bernoulli draw of each row of x (n, P) in [0, 1], row i's seeded by (seed, stream, first_image + i, draw)
+    alone: the same image gets the same draw whatever set or shard it is in."""
+    uniforms = torch.empty(x.shape, dtype=torch.float32)
+    generator = torch.Generator()
+    for row in range(x.shape[0]):
+        key = _splitmix64(_splitmix64(_splitmix64(_splitmix64(seed) ^ stream) ^ (first_image + row)) ^ draw)
+        generator.manual_seed(key)
+        uniforms[row] = torch.rand(x.shape[1], generator=generator)
+    return (uniforms.to(x.device) < x).to(x.dtype)
+
+
 def iwae_noise(seed: int, n_images: int, k: int, dim: int) -> torch.Tensor:
     """The eps that `importance_weighted_evaluation(seed=seed)` uses: (n_images, k, dim), z_i = mu + sigma·eps_i."""
     return Noise(seed, IWAE_STREAM, dim, torch.device("cpu")).draw(range(n_images), 0, k)
