@@ -68,23 +68,30 @@ def datasets(args: argparse.Namespace) -> dict[str, tuple[torch.Tensor, torch.Te
     """name -> (training images, test images)."""
     if args.quick:
         return {
-            name: (synthetic(name, 600, 1 + i), synthetic(name, 200, 11 + i))
+            name: (synthetic(name, 600, 1 + i), synthetic(name, 200, 11 + i), torch.arange(200) % 10)
             for i, name in enumerate(("squares", "bars"))
         }
     from vaelab.data import load_dataset
 
     loaded = {name: load_dataset(name, progress=False) for name in ("fashion-mnist", "mnist")}
-    return {name: (data.train.images, data.test.images) for name, data in loaded.items()}
+    return {name: (data.train.images, data.test.images, data.test.labels) for name, data in loaded.items()}
 
 
-def outliers(test: torch.Tensor, count: int, seed: int) -> dict[str, torch.Tensor]:
-    """The synthetic out-of-distribution sets built from the in-distribution test images."""
+ASYMMETRIC_DIGITS = (2, 4, 5, 6, 7, 9)  # 0, 1, 3 and 8 look much the same upside down
+
+
+def outliers(test: torch.Tensor, labels: torch.Tensor, count: int, seed: int) -> dict[str, torch.Tensor]:
+    """The synthetic out-of-distribution sets built from the in-distribution test images; flipped digits also
+    restricted to the classes that a vertical flip changes."""
     generator = torch.Generator().manual_seed(seed)
     levels = torch.randint(0, 256, (count, 1, 1), generator=generator, dtype=torch.uint8)
     return {
         "uniform noise": torch.randint(0, 256, (count, 28, 28), generator=generator, dtype=torch.uint8),
         "constant": levels.expand(count, 28, 28).contiguous(),
         "flipped vertically": test[:count].flip(1).contiguous(),
+        "flipped, digits 2 4 5 6 7 9": test[torch.isin(labels, torch.tensor(ASYMMETRIC_DIGITS))][:count]
+        .flip(1)
+        .contiguous(),
     }
 
 
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         test = data[in_name][1][: args.images]
         sets = {names[1 - names.index(in_name)]: data[names[1 - names.index(in_name)]][1][: args.images]}
         if in_name == names[-1]:
-            sets.update(outliers(data[in_name][1], args.images, args.seed))
+            sets.update(outliers(data[in_name][1], data[in_name][2], args.images, args.seed))
         for statistic in args.statistics:
             detector = OODDetector(model, statistic, k=args.k, seed=args.seed, binarize=config.binarize)
             limit = args.regret_images if statistic == "regret" else args.images
