@@ -221,3 +221,20 @@ def test_the_anytime_table_trains_both_sides_for_each_budget_and_scores_them(tmp
     log = (tmp_path / "anytime-two-layer-2s.log").read_text()  # both invocations: the run, then its --resume
     assert log.count("\nrun: ") == 2 and "\nepoch " not in log.split("\nrun: ")[-1]  # its budget was spent
     assert table == [line for line in resumed.stdout.splitlines() if line.startswith("| ")]
+
+
+def test_the_speedrun_trains_certifies_and_trains_the_baseline_for_the_same_budget(tmp_path):
+    """bench/speedrun.py --quick on real MNIST: the attempt and the plain baseline, each scored by -L_100."""
+    import json
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "speedrun.py"
+    command = [sys.executable, str(script), "--quick", "--preset", "anytime-burda", "--budget", "2", "--threads", "1"]
+    done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    rows = json.loads((tmp_path / "speedrun.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == ["anytime-burda", "plain PyTorch (Burda VAE)"]
+    for row in rows:
+        assert row["seconds"] >= 1.0 and row["images"] == 100
+        assert 50 < row["nll_100"] <= row["nll_1"] + 1.0  # L_100 is the tighter bound, up to noise
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 4 and table[2].startswith("| anytime-burda |")
