@@ -28,10 +28,12 @@ SPIN = "while True: pass"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="anytime-resnet")
+    parser.add_argument("--preset", default="resnet-vamp", help="a preset without a budget (epochs are set here)")
     parser.add_argument("--steps", type=int, default=300, help="training steps timed per cell")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2, 0], help="0 = vaelab's choice (fewer beside busy cores)"
+    )
     parser.add_argument("--policies", nargs="+", default=["default", "passive"], choices=["default", "passive"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="synthetic-free smoke run: few steps, one repeat")
@@ -40,8 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def seconds_per_step(args: argparse.Namespace, threads: int, policy: str, busy: bool) -> float:
     """Train args.steps steps in a fresh process; -> seconds per step of its epoch (metrics.csv)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
+    if not threads:
+        env.pop("OMP_NUM_THREADS", None)
     if policy == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     neighbour = subprocess.Popen([sys.executable, "-c", SPIN]) if busy else None
@@ -52,6 +56,8 @@ def seconds_per_step(args: argparse.Namespace, threads: int, policy: str, busy: 
             command = [sys.executable, "-m", "vaelab", "train", "--preset", args.preset, "--epochs", "1"]
             command += ["--train-size", str(args.steps * args.batch_size), "--batch-size", str(args.batch_size)]
             command += ["--validation-size", "100", "--test-size", "100", "--threads", str(threads)]
+            if not threads:  # vaelab's own choice
+                command = command[: command.index("--threads")] + command[command.index("--threads") + 2 :]
             command += ["--no-progress", "--out", str(run)]
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode != 0:
@@ -76,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             alone = min(seconds_per_step(args, threads, policy, False) for _ in range(args.repeats))
             busy = min(seconds_per_step(args, threads, policy, True) for _ in range(args.repeats))
             print(
-                f"| {threads} | {policy} | {1000 * alone:.1f} | {1000 * busy:.1f} | {busy / alone:.2f}x |", flush=True
+                f"| {threads or 'auto'} | {policy} | {1000 * alone:.1f} | {1000 * busy:.1f} | {busy / alone:.2f}x |",
+                flush=True,
             )
     return 0
 

@@ -165,3 +165,18 @@ def test_a_device_this_machine_lacks_is_an_error_naming_those_it_has():
         if not any(device.startswith(name) for device in available_devices()):
             with pytest.raises(VaelabError, match=f"--device {name} is not on this machine"):
                 pick_device(name)
+
+
+def test_auto_threads_leaves_the_cores_other_processes_keep_busy(monkeypatch):
+    import vaelab.distributed as where
+
+    busy = where.busy_cores(0.05)
+    assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 0.01
+    monkeypatch.setattr(where.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(where, "busy_cores", lambda: 1.1)  # one neighbour spinning on a core
+    assert where.auto_threads(2)[0] == 1 and "about 1.1 cores busy" in where.auto_threads(2)[1]
+    monkeypatch.setattr(where, "busy_cores", lambda: 0.2)  # a quiet machine: torch's default, no word
+    assert where.auto_threads(2) == (2, "")
+    monkeypatch.setattr(where, "busy_cores", lambda: 1.9)  # never fewer than one thread
+    assert where.auto_threads(2)[0] == 1
+    assert where.auto_threads(1) == (1, "")

@@ -6,6 +6,7 @@ Every helper is a no-op for a single process, so the training loop reads the sam
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,6 +27,46 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def busy_cores(sample_seconds: float = 0.25) -> float | None:
+    """How many of this machine's cores other work keeps busy now: (1 - idle share) x cores over a short sample of
+    /proc/stat (Linux); None where that cannot be read."""
+
+    def times() -> list[int]:
+        with open("/proc/stat") as file:
+            return [int(value) for value in file.readline().split()[1:]]
+
+    try:
+        before = times()
+        time.sleep(sample_seconds)
+        after = times()
+    except (OSError, ValueError):
+        return None
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent)
+    if total <= 0:
+        return None
+    idle = spent[3] + (spent[4] if len(spent) > 4 else 0)  # idle and iowait
+    return (1 - idle / total) * (os.cpu_count() or 1)
+
+
+def auto_threads(default: int) -> tuple[int, str]:
+    """Threads for a CPU run that was given none: torch's `default`, less the cores other processes keep busy.
+
+    OpenMP's threads wait for each other at every parallel region, so one thread that shares its core with a
+    busy neighbour stalls the rest: two threads beside one CPU-bound process measured 12x slower a training step
+    than alone, one thread 0.94x (bench/README.md, neighbour.py). -> (threads, why) for the run's log."""
+    busy = busy_cores()
+    if busy is None or default <= 1:
+        return default, ""
+    free = max(1, min(default, (os.cpu_count() or default) - round(busy)))
+    if free == default:
+        return default, ""
+    return free, (
+        f"threads: {free} of {default}, as other processes keep about {busy:.1f} cores busy (threads that share "
+        "a core with them stall the rest); --threads N chooses"
+    )
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:

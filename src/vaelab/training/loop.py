@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from vaelab import checkpoint
 from vaelab.config import TrainConfig
 from vaelab.errors import VaelabError
-from vaelab.distributed import Distributed, agree, agree_max, all_reduce_sum, pick_device, share
+from vaelab.distributed import Distributed, agree, agree_max, all_reduce_sum, auto_threads, pick_device, share
 from vaelab.distributions import bits_per_dim
 from vaelab.evaluation.units import negative_elbo
 from vaelab.kernels import Runtime, training_kernel
@@ -86,6 +87,11 @@ def train(
     device = device or pick_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    elif device.type == "cpu" and distributed.world_size == 1:
+        threads, why = auto_threads(torch.get_num_threads())
+        if why:
+            torch.set_num_threads(threads)
+            print(why, file=sys.stderr)
     run_dir = Path(run_dir) if run_dir is not None else None
     checkpoint_path = run_dir / checkpoint.CHECKPOINT_NAME if run_dir is not None else None
     if run_dir is not None and distributed.is_main:
