@@ -126,3 +126,24 @@ def lock_holder():
         child.kill()
         child.wait()
         child.stdout.close()
+
+
+def interrupted(monkeypatch, argv, shards: int = 2) -> None:
+    """`vaelab ARGV` stopped as Ctrl-C would once `shards` of its per-image pass's shards are on disk (exit != 0)."""
+    from vaelab.cli import main
+    from vaelab.evaluation.runner import ShardStore
+
+    saved = []
+    original = ShardStore.save
+
+    def save_then_die(self, shard, values):
+        original(self, shard, values)
+        saved.append(shard)
+        if len(saved) == shards:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardStore, "save", save_then_die)
+    try:
+        assert main(argv) != 0  # Ctrl-C's exit
+    finally:
+        monkeypatch.setattr(ShardStore, "save", original)

@@ -10,11 +10,9 @@ import torch
 
 import vaelab
 from vaelab.checkpoint import load_model
-from vaelab.cli import main
 from vaelab.data import load_dataset
-from vaelab.evaluation.runner import ShardStore
 
-from conftest import run_ok, run_refused
+from conftest import interrupted, run_ok, run_refused
 from test_distributed import TINY
 
 pytestmark = pytest.mark.usefixtures("plain_torch")
@@ -113,18 +111,7 @@ def test_score_resumes_from_its_shards_and_refuses_to_overwrite(tiny_run, tmp_pa
     run, _ = tiny_run
     args = ["score", "--checkpoint", str(run), "--k", "1", "5", "--no-progress", "--shard-images", "4"]
     run_ok([*args, "--out", str(tmp_path / "straight")], capsys)
-    saved = []
-    original = ShardStore.save
-
-    def save_then_die(self, shard, values):
-        original(self, shard, values)
-        saved.append(shard)
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ShardStore, "save", save_then_die)
-    assert main([*args, "--out", str(tmp_path / "cut")]) != 0
-    monkeypatch.setattr(ShardStore, "save", original)
+    interrupted(monkeypatch, [*args, "--out", str(tmp_path / "cut")])
     assert not (tmp_path / "cut" / "scores.csv").exists()
     out = run_ok([*args, "--out", str(tmp_path / "cut")], capsys)
     assert "resumed: 8 images" in out

@@ -20,7 +20,7 @@ from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard
 from vaelab.models import build_model
 from vaelab.training.metrics import read_metrics
 
-from conftest import run_ok
+from conftest import interrupted, run_ok
 from test_distributed import ONE_THREAD, TINY, torchrun
 
 pytestmark = pytest.mark.usefixtures("plain_torch")
@@ -77,18 +77,8 @@ def test_an_interrupted_evaluation_resumes_from_its_shards_with_the_same_result(
     run_ok(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "straight")], capsys)
     assert not list((tmp_path / "straight").glob(f"{PARTIAL_PREFIX}*"))  # removed once eval.json is written
 
-    saved = []
-    original = ShardStore.save
-
-    def save_then_die(self, shard, values):
-        original(self, shard, values)
-        saved.append(shard)
-        if len(saved) == 2:
-            raise KeyboardInterrupt  # the process dies after two of its four shards
-
-    monkeypatch.setattr(ShardStore, "save", save_then_die)
-    assert main(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "cut")]) != 0  # Ctrl-C's exit
-    monkeypatch.setattr(ShardStore, "save", original)
+    # the process dies after two of its four shards
+    interrupted(monkeypatch, ["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(tmp_path / "cut")])
     (partial,) = (tmp_path / "cut").glob(f"{PARTIAL_PREFIX}*")
     assert len(list(partial.iterdir())) == 2 and not (tmp_path / "cut" / "eval.json").exists()
 
@@ -103,18 +93,7 @@ def test_an_interrupted_evaluation_resumes_from_its_shards_with_the_same_result(
 
 def _cut_after_two_shards(monkeypatch, run, out):
     """Run the evaluation into `out` until two of its four shards are on disk, then stop it as a kill would."""
-    saved = []
-    original = ShardStore.save
-
-    def save_then_die(self, shard, values):
-        original(self, shard, values)
-        saved.append(shard)
-        if len(saved) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ShardStore, "save", save_then_die)
-    assert main(["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(out)]) != 0
-    monkeypatch.setattr(ShardStore, "save", original)
+    interrupted(monkeypatch, ["evaluate", "--checkpoint", str(run), *EVAL, "--out", str(out)])
     (partial,) = out.glob(f"{PARTIAL_PREFIX}*")
     return sorted(partial.iterdir())
 
