@@ -17,5 +17,5 @@ def test_quick_run_prints_every_statistic_on_every_pair(tmp_path):
         for line in completed.stdout.splitlines()
         if line.startswith("| ") and " -> " in line and "statistic" not in line
     ]
-    assert len(rows) == 6 * 6  # squares -> bars; bars -> squares, noise, constant, flipped, flipped asymmetric
+    assert len(rows) == 6 * 6 + 4  # squares -> bars; bars -> squares, noise, constant, flipped (all, asymmetric); 8-bit
     assert (tmp_path / "ood.json").exists() and (tmp_path / "model-squares" / "checkpoint.pt").exists()
