@@ -24,11 +24,12 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from vaelab.errors import VaelabError
+
+if TYPE_CHECKING:  # torch loads only where tensors are hashed: configs are checked here without it
+    import torch
 
 _HASH_CHUNK = 1 << 20
 
@@ -53,6 +54,8 @@ def sha256_files(paths: Sequence[str | Path]) -> str:
 def sha256_tensors(values: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 (hex) over (name, dtype, shape, bytes) of each tensor in sorted name order: a content digest that
     does not depend on how the tensors were serialised."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(values):
         tensor = values[name].detach().cpu().contiguous()
