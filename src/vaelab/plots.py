@@ -427,11 +427,12 @@ def write_figures(
         }
         if strip is not None and len(strip[1]):
             figures["training_strip.png"] = epoch_strip(*strip, image_shape=shape)
-    written = []
-    for name, figure in figures.items():
-        save = figure.savefig
-        written.append(atomic_write(out_dir / name, lambda file: save(file, format="png"), what="figure"))
-    return written
+    return [save_png(figure, out_dir / name) for name, figure in figures.items()]
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Write the figure as a PNG at `path` atomically (vaelab.io.atomic_write); -> path."""
+    return atomic_write(path, lambda file: figure.savefig(file, format="png"), what="figure")
 
 
 def _draw_title(likelihood: str, latent: str) -> str:

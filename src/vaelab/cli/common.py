@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import sys
@@ -80,6 +81,13 @@ class Inputs:
     binarization: str
     seed: int  # of the binarization's draw and every other draw
 
+    @functools.cached_property
+    def images_sha256(self) -> str:
+        """Digest of the inputs as computed on (vaelab.evaluation.runner.images_sha256), hashed once."""
+        from vaelab.evaluation.runner import images_sha256
+
+        return images_sha256(self.x)
+
     def heading(self, device: Any) -> str:
         seed = f", Bernoulli draw seed {self.seed}" if self.binarization == "dynamic" else ""
         return (
@@ -88,8 +96,9 @@ class Inputs:
         )
 
 
-def open_inputs(args: argparse.Namespace, device: Any) -> Inputs:
-    """Load the checkpoint and the images the options name; refuse bad options before any work."""
+def open_inputs(args: argparse.Namespace, device: Any, loaded: tuple[Any, Any] | None = None) -> Inputs:
+    """Load the checkpoint (or take `loaded`, its (model, TrainConfig) already read) and the images the options
+    name; refuse bad options before any work."""
     import torch
 
     from vaelab import checkpoint
@@ -102,7 +111,7 @@ def open_inputs(args: argparse.Namespace, device: Any) -> Inputs:
     if args.shard_images < 1:
         raise VaelabError(f"--shard-images must be >= 1 (got {args.shard_images})")
     path = checkpoint.resolve(args.checkpoint)
-    model, train_config = checkpoint.load_model(path)
+    model, train_config = loaded if loaded is not None else checkpoint.load_model(path)
     if args.threads:
         torch.set_num_threads(args.threads)
     selection = select_images(
@@ -162,7 +171,7 @@ def run_pass(
     from vaelab.evaluation import runner
 
     identity = {"verb": verb, "binarize": inputs.binarization, "seed": inputs.seed, **settings}
-    digest = runner.fingerprint(inputs.checkpoint_sha256, runner.images_sha256(inputs.x), identity, args.shard_images)
+    digest = runner.fingerprint(inputs.checkpoint_sha256, inputs.images_sha256, identity, args.shard_images)
     store = runner.ShardStore(directory / f"{verb}.partial-{digest[:16]}", digest)
     ranks = runner.Ranks() if distributed is None else runner.Ranks(distributed.rank, distributed.world_size)
     bar = tqdm(
@@ -254,8 +263,6 @@ def base_meta(inputs: Inputs, device: Any) -> dict[str, Any]:
     """What every result file records of where its numbers came from."""
     import torch
 
-    from vaelab.evaluation.runner import images_sha256
-
     return {
         "checkpoint": str(inputs.checkpoint),
         "checkpoint_sha256": inputs.checkpoint_sha256,
@@ -263,7 +270,7 @@ def base_meta(inputs: Inputs, device: Any) -> dict[str, Any]:
         "split": inputs.selection.split,
         "source": inputs.selection.source,
         "images": int(inputs.x.shape[0]),
-        "images_sha256": images_sha256(inputs.x),
+        "images_sha256": inputs.images_sha256,
         "binarization": inputs.binarization,
         "seed": inputs.seed,
         "device": str(device),

@@ -92,13 +92,14 @@ def _fit(args: argparse.Namespace, device: Any, directory: Path) -> int:
 
     from vaelab.checkpoint import load_model
 
-    _, config = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint)
+    config = loaded[1]
     if args.split == "validation" and args.dataset is None and config.validation_size == 0:
         args.split = "test"  # the run held none out: its test split is the nearest unseen data
         print("the run held out no validation images (--validation-size 0): fitting on its test split")
     binarization = config.binarize if args.binarize == "auto" else args.binarize
     args.binarize = "none"  # the detector draws its own binarizations of the grey images
-    inputs = common.open_inputs(args, device)
+    inputs = common.open_inputs(args, device, loaded)
     detector = OODDetector(
         inputs.model,
         args.statistic,
@@ -133,14 +134,13 @@ def _score(args: argparse.Namespace, device: Any, directory: Path) -> int:
 
     from vaelab.checkpoint import load_model
     from vaelab.detection import OODDetector, detection_metrics, roc_curve
-    from vaelab.io import atomic_write
-    from vaelab.plots import detection_figure
+    from vaelab.plots import detection_figure, save_png
 
-    model, _ = load_model(args.checkpoint)
-    detector = OODDetector.load(args.detector, model)
+    loaded = load_model(args.checkpoint)
+    detector = OODDetector.load(args.detector, loaded[0])
     args.binarize = "none"  # the detector draws its binarizations of the grey images, as when it was fitted
-    inputs = common.open_inputs(args, device)
-    detector.model = inputs.model
+    inputs = common.open_inputs(args, device, loaded)
+    detector.model = inputs.model  # the same model, now on the device
     print(f"scoring {inputs.selection.description} with the '{detector.statistic}' detector {args.detector}")
     values, store = _values(args, inputs, detector, directory)
     scores = detector.score_values(values)
@@ -176,7 +176,7 @@ def _score(args: argparse.Namespace, device: Any, directory: Path) -> int:
         )
         title += f": AUROC {measured['auroc']:.4f}"
     figure = detection_figure(scores, outside, detector.threshold, roc, title)
-    written.append(atomic_write(directory / "detect.png", lambda f: figure.savefig(f, format="png"), what="picture"))
+    written.append(save_png(figure, directory / "detect.png"))
     store.remove()
     print("wrote " + ", ".join(map(str, written)))
     return 0
@@ -206,7 +206,7 @@ def _against(args: argparse.Namespace, inputs: Any, detector: Any, device: Any, 
     other.dataset, other.data_dir, other.split = args.against, args.against_data_dir, args.against_split
     other.size, other.image_size = args.against_size, args.against_image_size
     try:
-        against = common.open_inputs(other, device)
+        against = common.open_inputs(other, device, (inputs.model, inputs.train_config))
     except VaelabError as error:
         raise VaelabError(f"--against {args.against}: {error}") from None
     print(f"against {against.selection.description}")

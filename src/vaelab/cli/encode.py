@@ -33,7 +33,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.samples < 0:
         raise VaelabError(f"--samples must be >= 0 (got {args.samples})")
     directory = common.prepare_out(args.out, RESULTS, args.overwrite)
@@ -59,9 +58,11 @@ def _encode(args: argparse.Namespace, directory: Any) -> int:
     )
     table = {name: value for name, value in merged.items() if name != "z"}
     meta = {**common.base_meta(inputs, device), "samples": args.samples, "layers": inputs.model.spec.layers}
-    written = common.write_results(directory, "latents", inputs, table, meta)
-    if "z" in merged:  # draws go to the npz beside the table's arrays
-        written[1] = common.write_npz(directory, "latents", inputs, merged, meta)
+    # the table holds the moments; the npz the same arrays and, with --samples, the draws "z" (N, S, D)
+    written = [
+        common.write_csv(directory, "latents", inputs, table),
+        common.write_npz(directory, "latents", inputs, merged, meta),
+    ]
     store.remove()
     dims = ", ".join(f"layer {n}: {merged[f'mean_{n}'].shape[1]}" for n in range(1, inputs.model.spec.layers + 1))
     print(f"{inputs.x.shape[0]} images encoded ({dims} dimensions); wrote " + ", ".join(map(str, written)))

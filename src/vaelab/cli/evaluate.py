@@ -114,7 +114,6 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     from vaelab.distributions import bits_per_dim
     from vaelab.evaluation import active_units
     from vaelab.data.selection import Selection
-    from vaelab.evaluation import runner
     from vaelab.evaluation.shards import ShardPlan, estimates, evaluate_shard
     from vaelab.integrity import sha256_file
 
@@ -192,7 +191,6 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
         lambda model, part, first: evaluate_shard(model, part, first, plan, device),
         description=f"evaluate (L_{max(config.ks)}{', Laplace' if config.laplace else ''})",
     )
-    x_sha256 = runner.images_sha256(x)
     if merged is None:
         return 0
     found = estimates(merged, config.ks)
@@ -241,7 +239,7 @@ def _evaluate(args: argparse.Namespace, distributed: Any, device: torch.device) 
     result = {
         "checkpoint": str(checkpoint_path),
         "checkpoint_sha256": checkpoint_sha256,
-        "images_sha256": x_sha256,
+        "images_sha256": inputs.images_sha256,
         "dataset": train_config.dataset,
         "split": config.split,
         "images": x.shape[0],

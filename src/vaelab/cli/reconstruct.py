@@ -31,7 +31,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     if args.shown < 1 or args.columns < 1:
         raise VaelabError(f"--shown and --columns must be >= 1 (got {args.shown}, {args.columns})")
     directory = common.prepare_out(args.out, RESULTS, args.overwrite)
@@ -42,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace, directory: Any) -> int:
     from vaelab.distributed import pick_device
     from vaelab.evaluation.per_image import reconstruct_block
-    from vaelab.io import atomic_write
-    from vaelab.plots import reconstruction_grid
+    from vaelab.plots import reconstruction_grid, save_png
 
     device = pick_device(args.device)
     inputs = common.open_inputs(args, device)
@@ -59,9 +57,7 @@ def _reconstruct(args: argparse.Namespace, directory: Any) -> int:
     figure = reconstruction_grid(
         inputs.x[:shown].numpy(), merged["mean"][:shown].numpy(), min(args.columns, shown), image_shape=shape
     )
-    png = atomic_write(
-        directory / "reconstructions.png", lambda file: figure.savefig(file, format="png"), what="picture"
-    )
+    png = save_png(figure, directory / "reconstructions.png")
     store.remove()
     print(f"{inputs.x.shape[0]} images reconstructed; wrote {npz}, {png}")
     return 0

@@ -68,7 +68,7 @@ def _score(args: argparse.Namespace, distributed: Any, device: Any, directory: A
     from vaelab.evaluation.per_image import score_block
     from vaelab.evaluation.runner import is_total
     from vaelab.evaluation.shards import ShardPlan
-    from vaelab.plots import image_grid
+    from vaelab.plots import image_grid, save_png
 
     inputs = common.open_inputs(args, device)
     model = inputs.model
@@ -125,11 +125,7 @@ def _score(args: argparse.Namespace, distributed: Any, device: Any, directory: A
             title=f"top: the {shown} least likely ({best} lowest first); bottom: the {shown} most likely",
             image_shape=model.spec.shape,
         )
-        png = directory / "scores.png"
-        from vaelab.io import atomic_write
-
-        atomic_write(png, lambda file: figure.savefig(file, format="png"), what="picture")
-        written.append(png)
+        written.append(save_png(figure, directory / "scores.png"))
     store.remove()
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
