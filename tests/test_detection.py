@@ -69,6 +69,46 @@ def test_pure_statistics_follow_their_definitions():
     np.testing.assert_array_equal(stats.typicality_distance(np.array([1.0, 4.0]), 2.0), [1.0, 2.0])
 
 
+def test_upside_down_gap_is_the_flipped_bound_less_the_bound():
+    np.testing.assert_array_equal(stats.upside_down_gap(np.array([-90.0, -80.0]), np.array([-95.0, -70.0])), [-5, 10])
+
+
+def test_conformal_p_values_are_uniform_on_exchangeable_scores_and_on_the_reference_itself():
+    rng = np.random.default_rng(0)
+    trials = [stats.conformal_p_values(np.sort(rng.normal(size=19)), rng.normal(size=1))[0] for _ in range(20000)]
+    for level in (1 / 20, 5 / 20, 10 / 20):  # P(p <= j / (n + 1)) = j / (n + 1) exactly, over reference draws
+        assert abs(np.mean(np.array(trials) <= level + 1e-12) - level) < 0.01
+    reference = np.sort(rng.normal(size=999))
+    assert stats.conformal_p_values(reference, np.array([10.0]))[0] == pytest.approx(1 / 1000)
+    held_in = stats.conformal_p_values(reference, reference, held_in=True)  # each image counted once, not twice
+    np.testing.assert_allclose(np.sort(held_in), np.arange(1, 1000) / 1000)
+
+
+def test_fisher_combination_of_uniform_p_values_is_chi_squared_with_2m_degrees():
+    rng = np.random.default_rng(1)
+    combined = stats.fisher_combination([rng.uniform(size=200000) for _ in range(3)])
+    assert abs(combined.mean() - 6) < 0.05 and abs(combined.var() - 12) < 0.2  # χ²_6: mean 6, variance 12
+    assert stats.fisher_combination([np.array([1.0]), np.array([1.0])])[0] == 0.0
+
+
+def test_residual_is_the_least_squares_residual_in_conditional_standard_deviations():
+    rng = np.random.default_rng(2)
+    given = rng.normal(size=(5000, 2)) * [30.0, 100.0] + [500.0, 1500.0]
+    target = 0.3 * given[:, 0] + 0.05 * given[:, 1] + rng.normal(scale=4.0, size=5000)
+    features = np.column_stack((target, given))
+    density = stats.DensityOfStates.fit(features)
+    design = np.column_stack((np.ones(5000), given))
+    coefficients = np.linalg.lstsq(design, target, rcond=None)[0]
+    residual = target - design @ coefficients
+    np.testing.assert_allclose(
+        density.residual(features, target=0, given=(1, 2)), residual / residual.std(ddof=1), rtol=1e-4, atol=1e-4
+    )
+    shifted = features[:3] + [20.0, 0.0, 0.0]  # 20 above the fit: 5 conditional standard deviations
+    np.testing.assert_allclose(
+        density.residual(shifted, 0, (1, 2)) - density.residual(features[:3], 0, (1, 2)), 5.0, rtol=0.02
+    )
+
+
 def test_typicality_test_flags_shifted_batches_only():
     rng = np.random.default_rng(0)
     fit = rng.normal(100, 5, 2000)
@@ -111,7 +151,9 @@ def test_refit_never_lowers_the_elbo(fitted_model):
 
 
 # --- the detector ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("statistic", ["nll", "llr", "typicality", "dose", "complexity", "regret"])
+@pytest.mark.parametrize(
+    "statistic", ["nll", "llr", "typicality", "dose", "complexity", "regret", "residual", "upside-down", "combined"]
+)
 def test_detector_fitted_on_squares_flags_noise(fitted_model, statistic):
     detector = OODDetector(fitted_model, statistic, k=4, binarize="threshold", regret_steps=5)
     detector.fit(images("squares", 200, 10))
@@ -119,8 +161,9 @@ def test_detector_fitted_on_squares_flags_noise(fitted_model, statistic):
     scores = detector.score(inside)
     assert scores.shape == (60,) and scores.dtype == np.float64
     flagged_in, flagged_out = detector.predict(inside).mean(), detector.predict(outside).mean()
-    # zlib sees squares and noise alike as incompressible noise here; the LLR needs a trained top layer.
-    if statistic not in ("complexity", "llr"):
+    # zlib sees squares and noise alike as incompressible noise here; the LLR needs a trained top layer; noise is
+    # as likely upside down.
+    if statistic not in ("complexity", "llr", "residual", "upside-down"):
         assert flagged_out >= 0.9 and flagged_in <= 0.25, (flagged_in, flagged_out)
 
 
@@ -137,7 +180,8 @@ def test_scores_come_in_input_order_for_arrays_tensors_and_prepared_pixels(fitte
 
 
 @pytest.mark.parametrize(
-    "statistic, binarize", [("dose", "threshold"), ("dose", "dynamic"), ("llr", "dynamic"), ("regret", "threshold")]
+    "statistic, binarize",
+    [("dose", "threshold"), ("combined", "dynamic"), ("llr", "dynamic"), ("regret", "threshold")],
 )
 def test_an_image_s_values_do_not_depend_on_the_shard_it_is_computed_in(fitted_model, statistic, binarize):
     """Draws (noise, binarizations) are seeded by image index: values computed in two shards equal the whole
@@ -161,13 +205,14 @@ def test_p_values_are_uniform_on_the_fit_distribution(fitted_model):
     assert detector.p_values(images("noise", 20, 32)).max() == pytest.approx(1 / 301)
 
 
-def test_save_load_round_trip_and_refusal_for_another_model(fitted_model, tmp_path):
-    detector = OODDetector(fitted_model, "dose", k=4, binarize="threshold", fpr=0.1).fit(images("squares", 80, 40))
+@pytest.mark.parametrize("statistic", ["dose", "combined"])
+def test_save_load_round_trip_and_refusal_for_another_model(fitted_model, tmp_path, statistic):
+    detector = OODDetector(fitted_model, statistic, k=4, binarize="threshold", fpr=0.1).fit(images("squares", 80, 40))
     path = detector.save(tmp_path / "detector.json")
     loaded = OODDetector.load(path, fitted_model)
     batch = torch.cat((images("squares", 10, 41), images("noise", 10, 42)))
     np.testing.assert_array_equal(loaded.score(batch), detector.score(batch))
-    assert (loaded.statistic, loaded.fpr, loaded.threshold) == ("dose", 0.1, detector.threshold)
+    assert (loaded.statistic, loaded.fpr, loaded.threshold) == (statistic, 0.1, detector.threshold)
     other = build_model(TWO_LAYERS)
     with pytest.raises(VaelabError, match="fitted for another model") as refused:
         OODDetector.load(path, other)
@@ -184,3 +229,56 @@ def test_refusals_name_the_fix(fitted_model, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(VaelabError, match="lacks"):
         OODDetector.load(tmp_path / "bad.json", fitted_model)
+
+
+def bars(count: int, seed: int) -> torch.Tensor:
+    """uint8 (count, 28, 28): a bright bar in the top third, at a random row and length, a faint one below it."""
+    generator = torch.Generator().manual_seed(seed)
+    out = torch.zeros(count, 28, 28, dtype=torch.uint8)
+    for image, (row, length) in zip(out, torch.randint(1, 8, (count, 2), generator=generator).tolist()):
+        image[row : row + 3, 4 : 12 + 2 * length] = 255
+        image[row + 12 : row + 13, 6:22] = 255
+    return out
+
+
+@pytest.fixture(scope="module")
+def bars_model():
+    """A one-layer VAE given 200 Adam steps of the ELBO on bars: images with an up and a down."""
+    torch.manual_seed(0)
+    model = build_model(ONE_LAYER)
+    x = (bars(256, 0).reshape(256, -1) > 127).float()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with torch.enable_grad():
+        for step in range(200):
+            eps = torch.randn(256, model.latent_dim, generator=torch.Generator().manual_seed(step))
+            posterior = model.posterior(x)
+            loss = -(model.log_joint(x, posterior.rsample(eps)) - posterior.log_prob(posterior.rsample(eps))).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("statistic", ["upside-down", "combined"])
+def test_images_turned_upside_down_are_flagged_and_calibration_holds(bars_model, statistic):
+    """The bars model knows up from down: its upside-down test flags flipped bars; combined keeps that power, and
+    its p-values on fresh in-distribution images stay uniform (the threshold's false-positive rate holds)."""
+    detector = OODDetector(bars_model, statistic, k=4, binarize="threshold", fpr=0.1).fit(bars(400, 1))
+    inside, flipped = bars(200, 2), bars(200, 2).flip(1)
+    assert detector.predict(flipped).mean() >= 0.9
+    p = detector.p_values(inside)
+    assert abs(p.mean() - 0.5) < 0.08 and detector.predict(inside).mean() <= 0.2
+
+
+def test_the_upside_down_test_needs_an_image():
+    flat = build_model(ModelSpec(input_dim=30, latent_dims=(2,), hidden=(8,), depth=1))
+    with pytest.raises(VaelabError, match="no image"):
+        OODDetector(flat, "combined")
+    OODDetector(flat, "dose")  # the others need no image
+
+
+def test_the_command_line_offers_every_statistic_with_the_default_first():
+    from vaelab.cli.detect import STATISTIC_NAMES
+    from vaelab.detection import DEFAULT_STATISTIC, STATISTICS
+
+    assert sorted(STATISTIC_NAMES) == sorted(STATISTICS) and STATISTIC_NAMES[0] == DEFAULT_STATISTIC

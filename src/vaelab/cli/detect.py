@@ -1,6 +1,6 @@
 """`vaelab detect`: out-of-distribution and anomaly detection with a trained model.
 
-    vaelab detect fit   --checkpoint RUN --out DET [--statistic dose] [--fpr 0.05] [--k 16]   (data: --split validation)
+    vaelab detect fit   --checkpoint RUN --out DET [--statistic combined] [--fpr 0.05] [--k 16]  (--split validation)
     vaelab detect score --checkpoint RUN --detector DET/detector.json --out DIR [data options]
                         [--against DATASET [--against-data-dir P] [--against-split test] [--against-size N]]
                         [--outlier-labels L ...]
@@ -23,7 +23,17 @@ from vaelab.cli import common
 from vaelab.errors import VaelabError
 
 DETECTOR_NAME = "detector.json"
-STATISTIC_NAMES = ("dose", "complexity", "nll", "llr", "regret", "typicality")  # vaelab.detection.STATISTICS
+STATISTIC_NAMES = (  # vaelab.detection.STATISTICS, the default first
+    "combined",
+    "dose",
+    "residual",
+    "upside-down",
+    "complexity",
+    "nll",
+    "llr",
+    "regret",
+    "typicality",
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -42,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     common.add_model_and_data_arguments(fit, default_split="validation")
-    fit.add_argument("--statistic", choices=STATISTIC_NAMES, default="dose", help="what scores an image")
+    fit.add_argument("--statistic", choices=STATISTIC_NAMES, default=STATISTIC_NAMES[0], help="what scores an image")
     fit.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the threshold is set for")
     fit.add_argument("--k", type=int, default=16, help="importance samples of each image's bound")
     fit.add_argument("--regret-steps", type=int, default=20, help="refit steps of the 'regret' statistic")

@@ -27,7 +27,7 @@ from vaelab.models.base import LatentVariableModel
 from vaelab.models.hierarchical import TwoLayerVAE
 
 FORMAT = "vaelab-ood-detector"
-VERSION = 2  # 2: values averaged over binarization draws; DoSE with the stored image's code length
+VERSION = 3  # 2: values averaged over binarization draws; DoSE with the stored image's code length; 3: combined
 BINARIZE_STREAM = 6  # the dynamic binarization draws' noise stream (vaelab.evaluation.common.Noise uses 1-5)
 # name -> what it measures; every one is "higher = more anomalous".
 STATISTICS = {
@@ -38,8 +38,15 @@ STATISTICS = {
     "typicality": "|-L_k - mean in-distribution -L_k| (Nalisnick et al. 2019, batches of one)",
     "dose": "-log N of (-L_k, -E_q log p(x|z), KL, zlib bits of the draw and of the stored image) fitted "
     "in-distribution (after Morningstar et al. 2021)",
+    "residual": "-L_k above what the image's zlib bits predict, in standard deviations of a Gaussian fitted "
+    "in-distribution (Serrà et al. 2020 with fitted slopes)",
+    "upside-down": "L_k of the image upside down - L_k of the image (the model as its own orientation classifier)",
+    "combined": "Fisher's combination of the conformal p-values of dose, residual and upside-down",
 }
-DEFAULT_STATISTIC = "dose"
+DEFAULT_STATISTIC = "combined"
+COMPONENTS = ("dose", "residual", "upside-down")  # what "combined" combines
+DENSITY_STATISTICS = ("dose", "residual", "combined")  # a Gaussian over the DoSE features fitted in-distribution
+NEEDS_UPSIDE_DOWN = ("upside-down", "combined")
 SCHEMA = {
     "format": str,
     "version": int,
@@ -55,6 +62,7 @@ SCHEMA = {
     "threshold": float,
     "entropy": float,
     "density": (dict, type(None)),
+    "references": dict,
 }
 
 
@@ -94,6 +102,11 @@ class OODDetector:
                 "statistic 'llr' needs a model with two stochastic layers; train one with --preset burda-two-layer "
                 "or choose another statistic"
             )
+        if statistic in NEEDS_UPSIDE_DOWN and model.spec.shape is None:
+            raise VaelabError(
+                f"statistic {statistic!r} turns images upside down, and this model's input of {model.spec.input_dim} "
+                "values is no image (give the model an image_shape); choose dose instead"
+            )
         if not 0 < fpr < 1:
             raise VaelabError(f"fpr must lie in (0, 1), got {fpr}")
         if k < 1 or regret_steps < 1 or draws < 1:
@@ -108,6 +121,7 @@ class OODDetector:
         self.threshold = float("nan")
         self.entropy = float("nan")  # mean -L_k on the fit images (typicality)
         self.density: stats.DensityOfStates | None = None
+        self.references: dict[str, np.ndarray] = {}  # "combined": each component's sorted calibration scores
         self.seconds_per_image = float("nan")  # the last score() call's time per image
 
     # --- inputs and per-image values --------------------------------------------------------------------------
@@ -127,7 +141,7 @@ class OODDetector:
         grey_bits = stats.complexity_bits((grey * 255).round().to(torch.uint8).numpy())
         per_draw = [self._draw_values(self._binarized(grey, first_image, r), first_image) for r in range(self.draws)]
         averaged = {name: np.mean([draw[name] for draw in per_draw], axis=0) for name in per_draw[0]}
-        if self.statistic == "dose":
+        if self.statistic in DENSITY_STATISTICS:
             averaged["bits_grey"] = grey_bits
         return {name: torch.from_numpy(np.asarray(value, dtype=np.float64)) for name, value in averaged.items()}
 
@@ -141,8 +155,13 @@ class OODDetector:
         needed: dict[str, np.ndarray] = {}
         if self.statistic != "regret":
             needed.update(values.bounds(self.model, x, self.k, self.seed, first_image=first_image))
-        if self.statistic in ("complexity", "dose"):
+        if self.statistic in ("complexity", *DENSITY_STATISTICS):
             needed["bits"] = stats.complexity_bits((x * 255).round().to(torch.uint8).numpy())
+        if self.statistic in NEEDS_UPSIDE_DOWN:  # the same draw turned over: the gap's noise mostly cancels
+            upside_down = x.reshape(x.shape[0], *self.model.spec.shape).flip(-2).reshape(x.shape)
+            needed["L_k_upside_down"] = values.bounds(
+                self.model, upside_down, self.k, self.seed, first_image=first_image
+            )["L_k"]
         if self.statistic == "llr":
             needed["L_above"] = values.bound_above_first_layer(
                 self.model, x, self.k, self.seed, first_image=first_image
@@ -156,8 +175,20 @@ class OODDetector:
     def _features(self, v: dict[str, np.ndarray]) -> np.ndarray:
         return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"], v["bits_grey"]), axis=1)  # (N, 5)
 
-    def _statistic(self, v: dict[str, np.ndarray]) -> np.ndarray:
-        name = self.statistic
+    def _statistic(self, v: dict[str, np.ndarray], name: str | None = None, held_in: bool = False) -> np.ndarray:
+        """The statistic `name` (default: the detector's) of values v; held_in: v are the calibration images'."""
+        name = name or self.statistic
+        if name == "combined":
+            return stats.fisher_combination(
+                [
+                    stats.conformal_p_values(self.references[part], self._statistic(v, part), held_in=held_in)
+                    for part in COMPONENTS
+                ]
+            )
+        if name == "upside-down":
+            return stats.upside_down_gap(v["L_k"], v["L_k_upside_down"])
+        if name == "residual":  # -L_k given the draw's and the stored image's code lengths
+            return self.density.residual(self._features(v), target=0, given=(3, 4))  # type: ignore[union-attr]
         if name == "nll":
             return stats.negative_log_likelihood(v["L_k"])
         if name == "complexity":
@@ -168,7 +199,7 @@ class OODDetector:
             return stats.likelihood_regret(v["elbo_refit"], v["elbo"])
         if name == "typicality":
             return stats.typicality_distance(stats.negative_log_likelihood(v["L_k"]), self.entropy)
-        return self.density.score(self._features(v))  # type: ignore[union-attr]
+        return self.density.score(self._features(v))  # type: ignore[union-attr]  # dose
 
     # --- the PyOD shape ---------------------------------------------------------------------------------------
     def fit(self, images: Any) -> OODDetector:
@@ -179,7 +210,7 @@ class OODDetector:
         """`fit` from the fit images' `values` (computed in one pass or merged from shards)."""
         v = {name: np.asarray(value, dtype=np.float64) for name, value in per_image.items()}
         count = next(iter(v.values())).shape[0]
-        if self.statistic in ("typicality", "dose"):
+        if self.statistic in ("typicality", *DENSITY_STATISTICS):
             if count < 4:
                 raise VaelabError(f"statistic {self.statistic!r} fits on at least 4 images, got {count}")
             # A density (or a mean) fitted on one half, the threshold calibrated on the other: scores of the images
@@ -187,10 +218,12 @@ class OODDetector:
             order = np.random.default_rng(self.seed).permutation(count)
             fit_half, calibrate = np.sort(order[: count // 2]), np.sort(order[count // 2 :])
             self.entropy = float(-v["L_k"][fit_half].mean())
-            if self.statistic == "dose":
+            if self.statistic in DENSITY_STATISTICS:
                 self.density = stats.DensityOfStates.fit(self._features(v)[fit_half])
             v = {name: value[calibrate] for name, value in v.items()}
-        self.fit_scores = np.sort(self._statistic(v))
+        if self.statistic == "combined":  # each component's p-values are taken against the calibration images
+            self.references = {part: np.sort(self._statistic(v, part)) for part in COMPONENTS}
+        self.fit_scores = np.sort(self._statistic(v, held_in=True))
         self.threshold = float(np.quantile(self.fit_scores, 1 - self.fpr))
         return self
 
@@ -211,8 +244,7 @@ class OODDetector:
     def p_values_of(self, scores: np.ndarray) -> np.ndarray:
         """(N,) conformal p-values (1 + #{fit scores >= s}) / (n + 1) of scores: uniform on in-distribution images."""
         self._require_fit()
-        at_least = self.fit_scores.size - np.searchsorted(self.fit_scores, scores, side="left")  # type: ignore[union-attr]
-        return (1.0 + at_least) / (self.fit_scores.size + 1.0)  # type: ignore[union-attr]
+        return stats.conformal_p_values(self.fit_scores, scores)  # type: ignore[arg-type]
 
     def p_values(self, images: Any) -> np.ndarray:
         """(N,) conformal p-values (1 + #{fit scores >= s}) / (n + 1): uniform on in-distribution images."""
@@ -248,6 +280,7 @@ class OODDetector:
             "density": None
             if self.density is None
             else {"mean": self.density.mean.tolist(), "covariance": self.density.covariance.tolist()},
+            "references": {part: scores.tolist() for part, scores in self.references.items()},
         }
         return atomic_write(path, json.dumps(state, allow_nan=True), what="detector")
 
@@ -278,4 +311,5 @@ class OODDetector:
         detector.threshold, detector.entropy = state["threshold"], state["entropy"]
         if state["density"] is not None:
             detector.density = stats.DensityOfStates(state["density"]["mean"], state["density"]["covariance"])
+        detector.references = {part: np.asarray(scores, np.float64) for part, scores in state["references"].items()}
         return detector

@@ -49,6 +49,32 @@ def likelihood_regret(elbo_refit: np.ndarray, elbo: np.ndarray) -> np.ndarray:
     return np.asarray(elbo_refit, dtype=np.float64) - np.asarray(elbo, dtype=np.float64)
 
 
+def upside_down_gap(bound: np.ndarray, bound_upside_down: np.ndarray) -> np.ndarray:
+    """L_k(x upside down) - L_k(x) (N,) nats: how much likelier the model finds the image turned upside down.
+
+    Under a uniform prior over the two orientations, log P(upright | x) = -softplus(gap): the model serves as its
+    own orientation classifier (the transformation-prediction tests of Golan & El-Yaniv 2018 and Hendrycks et al.
+    2019, with Bayes' rule in place of a classifier). Upright in-distribution images have gaps well below 0; an
+    image likelier upside down looks like in-distribution data turned over. Pass the bounds of one draw of the
+    image and of that same draw flipped (common random numbers), so the difference is not drowned in noise."""
+    return np.asarray(bound_upside_down, dtype=np.float64) - np.asarray(bound, dtype=np.float64)
+
+
+def conformal_p_values(reference: np.ndarray, scores: np.ndarray, *, held_in: bool = False) -> np.ndarray:
+    """(1 + #{reference >= s}) / (n + 1) (N,) for each score s: uniform on (0, 1] for images exchangeable with the
+    n reference images (their scores, sorted ascending). held_in: the scores are the reference images' own, each
+    counted once in its own #{reference >= s}, so that count is taken one lower."""
+    reference = np.asarray(reference, dtype=np.float64)
+    at_least = reference.size - np.searchsorted(reference, np.asarray(scores, dtype=np.float64), side="left")
+    return (1.0 + at_least - int(held_in)) / (reference.size + 1.0)
+
+
+def fisher_combination(p_values: list[np.ndarray]) -> np.ndarray:
+    """-2 Σ_j log p_j (N,) (Fisher 1925): the joint evidence of independent tests' p-values (N,) each; higher = more
+    anomalous. One test that rejects strongly, or several that reject mildly, both raise it."""
+    return -2.0 * np.sum([np.log(np.asarray(p, dtype=np.float64)) for p in p_values], axis=0)
+
+
 def typicality_distance(nll: np.ndarray, entropy: float) -> np.ndarray:
     """|-log p(x) - Ĥ| (N,) nats: the typicality test of Nalisnick et al. (2019) for batches of one image,
     Ĥ the mean -log p over in-distribution images."""
@@ -104,3 +130,17 @@ class DensityOfStates:
         """features (N, F) -> -log N(t; mean, covariance) (N,) nats."""
         centred = np.asarray(features, dtype=np.float64) - self.mean
         return 0.5 * np.einsum("ni,ij,nj->n", centred, self._precision, centred) + self._log_norm
+
+    def residual(self, features: np.ndarray, target: int, given: tuple[int, ...]) -> np.ndarray:
+        """(t_target - E[t_target | t_given]) / sd[t_target | t_given] (N,) under the fitted Gaussian: how far one
+        statistic lies above what the others predict, in standard deviations (signed, so a one-sided test).
+
+        With target -L_k and given the images' code lengths, this is the complexity correction of Serrà et al.
+        (2020) with the slopes fitted in-distribution instead of fixed at one bit per bit."""
+        features = np.asarray(features, dtype=np.float64)
+        given_ = list(given)
+        cov = self.covariance
+        slopes = np.linalg.solve(cov[np.ix_(given_, given_)], cov[given_, target])  # (G,)
+        scale = math.sqrt(max(cov[target, target] - cov[target, given_] @ slopes, 1e-300))
+        predicted = self.mean[target] + (features[:, given_] - self.mean[given_]) @ slopes
+        return (features[:, target] - predicted) / scale
