@@ -151,11 +151,32 @@ def test_outlier_labels_and_a_detector_of_another_model(squares_run, tmp_path, c
             str(tmp_path / "s"),
             "--outlier-labels",
             "0",
+            "--binarize",
+            "threshold",  # the detector's own: accepted
             "--no-progress",
         ],
         capsys,
         "--outlier-labels 0 mark 60 of 60 images",
     )
+    refused = run_refused(
+        [
+            "detect",
+            "score",
+            "--checkpoint",
+            str(run),
+            "--detector",
+            str(tmp_path / "det" / "detector.json"),
+            "--out",
+            str(tmp_path / "b"),
+            "--binarize",
+            "dynamic",
+            "--no-progress",
+        ],
+        capsys,
+        "--binarize dynamic: the detector",
+    )
+    assert "fitted with binarization threshold" in refused and "vaelab detect fit --binarize dynamic" in refused
+    assert not (tmp_path / "b" / "detect.csv").exists()
     other = tmp_path / "other"
     run_ok(
         [
