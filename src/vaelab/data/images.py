@@ -349,8 +349,9 @@ class _FolderSource:
 
         counts = {"train": int((~is_test).sum()), "test": int(is_test.sum())}
         described = {"source": str(self.root), "kind": "folder", "classes": list(self.classes), **settings}
-        # each split's names in the order fill writes its images
-        names = {split: [name for name, test in zip(self.names, is_test) if test == (split == "test")] for split in SPLITS}
+        names: dict[str, list[str]] = {split: [] for split in SPLITS}  # each split's, in the order fill writes them
+        for name, test in zip(self.names, is_test):
+            names["test" if test else "train"].append(name)
         return _build(directory, shape, counts, fill, described, names)
 
     def _scan(self, image_size: int, progress: bool) -> tuple[int, tuple[int, int]]:
