@@ -117,7 +117,9 @@ def test_fit_then_score_against_outliers(squares_run, tmp_path, capsys):
     np.testing.assert_allclose([float(row["score"]) for row in rows], detector.score(test), rtol=1e-6)
     p_values = np.array([float(row["p_value"]) for row in rows])
     assert ((0 < p_values) & (p_values <= 1)).all()
-    assert np.load(tmp_path / "s" / "detect.npz")["against_score"].shape == (60,)
+    saved = np.load(tmp_path / "s" / "detect.npz")
+    assert saved["against_score"].shape == saved["against_label"].shape == (60,)
+    assert "file" not in saved and "against_file" not in saved  # array data have no file names
     assert (tmp_path / "s" / "detect.png").stat().st_size > 0
 
 

@@ -206,7 +206,8 @@ def _values(args: argparse.Namespace, inputs: Any, detector: Any, directory: Pat
 
 
 def _against(args: argparse.Namespace, inputs: Any, detector: Any, device: Any, directory: Path) -> dict[str, Any]:
-    """Score the --against images (known outliers) with the same detector: score, p_value, flagged."""
+    """Score the --against images (known outliers) with the same detector: index, label, file (where they have
+    file names), score, p_value, flagged."""
     import copy
 
     other = copy.copy(args)
@@ -220,4 +221,9 @@ def _against(args: argparse.Namespace, inputs: Any, detector: Any, device: Any, 
     values, store = _values(other, against, detector, directory, verb="against")
     scores = detector.score_values(values)
     store.remove()
-    return {"score": scores, "p_value": detector.p_values_of(scores), "flagged": scores > detector.threshold}
+    return {
+        **common.identity_columns(against.selection),
+        "score": scores,
+        "p_value": detector.p_values_of(scores),
+        "flagged": scores > detector.threshold,
+    }
