@@ -199,13 +199,15 @@ def _read_verified(directory: Path) -> Converted:
         if names is not None and not _names_of(names, split, meta[split]):
             raise _Damaged(f"{NAMES_NAME} does not hold {meta[split]} {split} file names")
     tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    train_names, test_names = (tuple(names[split]) for split in SPLITS) if names is not None else (None, None)
     return Converted(
         tensors["train"],
         tensors["train_labels"],
         tensors["test"],
         tensors["test_labels"],
         meta,
-        *((tuple(names["train"]), tuple(names["test"])) if names is not None else ()),
+        train_names,
+        test_names,
     )
 
 
