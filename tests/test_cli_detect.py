@@ -117,7 +117,9 @@ def test_fit_then_score_against_outliers(squares_run, tmp_path, capsys):
     np.testing.assert_allclose([float(row["score"]) for row in rows], detector.score(test), rtol=1e-6)
     p_values = np.array([float(row["p_value"]) for row in rows])
     assert ((0 < p_values) & (p_values <= 1)).all()
-    assert np.load(tmp_path / "s" / "detect.npz")["against_score"].shape == (60,)
+    saved = np.load(tmp_path / "s" / "detect.npz")
+    assert saved["against_score"].shape == saved["against_label"].shape == (60,)
+    assert "file" not in saved and "against_file" not in saved  # array data have no file names
     assert (tmp_path / "s" / "detect.png").stat().st_size > 0
 
 
@@ -151,11 +153,32 @@ def test_outlier_labels_and_a_detector_of_another_model(squares_run, tmp_path, c
             str(tmp_path / "s"),
             "--outlier-labels",
             "0",
+            "--binarize",
+            "threshold",  # the detector's own: accepted
             "--no-progress",
         ],
         capsys,
         "--outlier-labels 0 mark 60 of 60 images",
     )
+    refused = run_refused(
+        [
+            "detect",
+            "score",
+            "--checkpoint",
+            str(run),
+            "--detector",
+            str(tmp_path / "det" / "detector.json"),
+            "--out",
+            str(tmp_path / "b"),
+            "--binarize",
+            "dynamic",
+            "--no-progress",
+        ],
+        capsys,
+        "--binarize dynamic: the detector",
+    )
+    assert "fitted with binarization threshold" in refused and "vaelab detect fit --binarize dynamic" in refused
+    assert not (tmp_path / "b" / "detect.csv").exists()
     other = tmp_path / "other"
     run_ok(
         [

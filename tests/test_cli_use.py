@@ -3,10 +3,13 @@ Python API and with `vaelab evaluate`, resumable shards, and bad input refused i
 
 import csv
 import json
+import os
+import types
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vaelab
 from vaelab.checkpoint import load_model
@@ -158,6 +161,7 @@ def test_encode_gives_posterior_means_not_draws_and_matches_the_api(tiny_run, tm
     rows = _rows(tmp_path / "e" / "latents.csv")
     assert list(rows[0]) == ["index", "label", "mean_1_0", "mean_1_1", "logvar_1_0", "logvar_1_1"]
     assert float(rows[5]["mean_1_1"]) == pytest.approx(float(saved["mean_1"][5, 1]), rel=1e-6)
+    assert "file" not in saved  # IDX files have no file per image
 
 
 def test_reconstruct_writes_means_at_the_posterior_mean_and_a_picture(tiny_run, tmp_path, capsys):
@@ -224,3 +228,99 @@ def test_a_second_writer_of_one_out_directory_is_refused(tiny_run, tmp_path, cap
         "is being written by",
     )
     assert not (tmp_path / "busy" / "scores.csv").exists()
+
+
+# ------------------------------------------------------------------------------ a folder's file names
+
+CLASSES = {'commas, and "quotes"': 7, "plain": 9}  # 16 images of 6x5: 4 test, 12 train of which 4 validation
+
+
+@pytest.fixture
+def folder_run(tmp_path, capsys, monkeypatch):
+    """A run trained (threshold binarization: no draws) on a folder of class folders of random 6x5 PNGs whose
+    names need quoting in a CSV (a comma, quotes, a newline)."""
+    root = tmp_path / "pictures"
+    rng = np.random.default_rng(0)
+    for name, count in CLASSES.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            file = "new\nline.png" if (name, i) == ("plain", 3) else f"{i:02d}.png"
+            Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(root / name / file)
+    monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    data = ["--dataset", "folder", "--data-dir", str(root), "--test-fraction", "0.25"]
+    model = ["--hidden", "8", "--latent-dim", "2", "--batch-size", "4", "--binarize", "threshold"]
+    run_ok(
+        ["train", *data, *model, "--validation-size", "4", "--epochs", "1", "--out", str(run), "--no-progress"], capsys
+    )
+    return run, root
+
+
+def _pictures(root, files):
+    """The PNGs at root/FILE, in order: uint8 (N, 1, H, W)."""
+    return torch.from_numpy(np.stack([np.asarray(Image.open(root / file)) for file in files]))[:, None]
+
+
+def _label_of(file):
+    return sorted(CLASSES).index(file.split("/")[0])
+
+
+def test_score_and_encode_name_each_row_s_file_in_input_order(folder_run, tmp_path, capsys):
+    run, root = folder_run
+    model, _ = load_model(run)
+    base = ["--checkpoint", str(run), "--no-progress", "--shard-images", "3"]
+    run_ok(["score", *base, "--k", "1", "3", "--out", str(tmp_path / "s")], capsys)
+    rows = _rows(tmp_path / "s" / "scores.csv")
+    test_files = [row["file"] for row in rows]
+    assert list(rows[0])[:3] == ["index", "label", "file"] and len(rows) == 4
+    assert [int(row["label"]) for row in rows] == [_label_of(file) for file in test_files]
+    assert np.load(tmp_path / "s" / "scores.npz")["file"].tolist() == test_files
+    # row i's numbers are those of file i's pixels (each image has its own seed by index: the order matters too)
+    api = vaelab.score(model, _pictures(root, test_files), ks=(1, 3), binarize="threshold", seed=0)
+    np.testing.assert_allclose([float(row["L_3"]) for row in rows], api["L_3"], rtol=1e-6)
+    run_ok(["encode", *base, "--split", "validation", "--out", str(tmp_path / "e")], capsys)
+    rows = _rows(tmp_path / "e" / "latents.csv")
+    held_out = [row["file"] for row in rows]
+    assert len(held_out) == 4 and not set(held_out) & set(test_files)
+    api = vaelab.encode(model, _pictures(root, held_out), binarize="threshold")
+    np.testing.assert_allclose([[float(row[f"mean_1_{j}"]) for j in (0, 1)] for row in rows], api["mean_1"], rtol=1e-6)
+    # the train split's first --size 8 images (the 8 not held out), through reconstruct's arrays
+    run_ok(["reconstruct", *base, "--split", "train", "--size", "8", "--out", str(tmp_path / "r")], capsys)
+    saved = np.load(tmp_path / "r" / "reconstructions.npz")
+    first = saved["file"].tolist()
+    np.testing.assert_allclose(
+        saved["mean"], vaelab.reconstruct(model, _pictures(root, first), binarize="threshold"), rtol=1e-6
+    )
+    every = [path.relative_to(root).as_posix() for path in root.rglob("*.png")]
+    assert sorted(first + held_out + test_files) == sorted(every)  # each file once, "plain/new\nline.png" too
+
+
+def test_an_old_cache_without_file_names_is_converted_again_and_gives_them(folder_run, tmp_path, capsys):
+    from vaelab.cli import main
+
+    run, root = folder_run
+    (entry,) = (tmp_path / "cache" / "converted").glob("*")
+    meta = json.loads((entry / "meta.json").read_text())
+    del meta["names_digest"]  # as entries were written before file names were recorded
+    (entry / "meta.json").write_text(json.dumps(meta))
+    (entry / "names.json").unlink()
+    args = ["encode", "--checkpoint", str(run), "--no-progress", "--split", "test", "--out", str(tmp_path / "e")]
+    assert main(args) == 0
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "written before file names were recorded; converting it again" in said[0]
+    files = [row["file"] for row in _rows(tmp_path / "e" / "latents.csv")]
+    assert len(files) == 4 and all((root / file).is_file() for file in files)
+
+
+def test_file_names_are_quoted_and_bytes_that_are_not_utf8_written_as_hex(tmp_path):
+    from vaelab.cli import common
+    from vaelab.data.selection import Selection
+
+    names = ('a, "b"/new\nline.png', os.fsdecode(b"c/\xff.png"))
+    selection = Selection(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1]), "folder", "test", "", names)
+    inputs = types.SimpleNamespace(selection=selection)
+    values = {"score": torch.tensor([0.5, 1.5], dtype=torch.float64)}
+    rows = _rows(common.write_csv(tmp_path, "t", inputs, values))
+    assert [row["file"] for row in rows] == ['a, "b"/new\nline.png', "c/\\xff.png"]
+    saved = np.load(common.write_npz(tmp_path, "t", inputs, values, {}))
+    assert saved["file"].tolist() == [row["file"] for row in rows] and saved["score"].tolist() == [0.5, 1.5]

@@ -102,6 +102,25 @@ def test_train_and_test_subfolders_are_the_splits_with_the_union_of_class_names(
     assert same.cache_digest == dataset.cache_digest and len(_entries(tmp_path)) == 1
 
 
+def test_each_image_carries_its_file_relative_to_the_folder_through_every_split(tmp_path):
+    root = _png_folder(tmp_path / "pets", {"cats": _random(5, (4, 6), 1), 'dogs, "big"': _random(4, (4, 6), 2)})
+    dataset = _load("folder", root, tmp_path, test_fraction=0.3, seed=4)
+    assert sorted(dataset.train.names + dataset.test.names) == sorted(
+        path.relative_to(root).as_posix() for path in root.rglob("*.png")
+    )
+    for split in (dataset.train, dataset.test):  # image i is the pixels of file i
+        assert len(split.names) == len(split.images)
+        for image, name in zip(split.images.numpy(), split.names):
+            assert np.array_equal(image[0], np.asarray(Image.open(root / name)))
+    given = _png_folder(tmp_path / "given", {"a": _random(2, (4, 4))}, subdir="train")
+    _png_folder(given, {"b": _random(1, (4, 4), 3)}, subdir="test")
+    split = _load("folder", given, tmp_path)
+    assert split.train.names == ("train/a/0000.png", "train/a/0001.png") and split.test.names == ("test/b/0000.png",)
+    np.save(tmp_path / "images.npy", np.stack(_random(4, (4, 4))))
+    array = _load("array", tmp_path / "images.npy", tmp_path, test_fraction=0.25)
+    assert array.train.names is None and array.test.names is None  # an array's images have no files
+
+
 def test_grey_stays_one_channel_and_one_colour_image_makes_all_rgb_with_alpha_dropped(tmp_path):
     grey = _random(3, (4, 4))
     root = _png_folder(tmp_path / "grey", {"": grey})

@@ -122,6 +122,44 @@ def test_an_entry_written_before_labels_digest_is_verified_by_its_cache_digest(t
     assert "is damaged" in capsys.readouterr().err
 
 
+def _png_set(tmp_path, count=5):
+    root = tmp_path / "set"
+    root.mkdir()
+    for i, array in enumerate(np.random.default_rng(0).integers(0, 256, (count, 4, 4), dtype=np.uint8)):
+        Image.fromarray(array).save(root / f"{i}.png")
+    return root
+
+
+def test_a_folder_s_file_names_are_covered_by_their_digest(tmp_path, capsys):
+    root = _png_set(tmp_path)
+    names = _load("folder", root, tmp_path, test_fraction=0.4).train.names
+    entry = _entry(tmp_path)
+    listed = json.loads((entry / "names.json").read_text())
+    listed["train"].reverse()  # the same bytes in another order: images and names no longer agree
+    (entry / "names.json").write_text(json.dumps(listed))
+    with pytest.raises(VaelabError, match="names.json have SHA-256"):
+        image_source.read_converted(entry)
+    again = _load("folder", root, tmp_path, test_fraction=0.4)
+    assert "is damaged" in capsys.readouterr().err and again.train.names == names
+
+
+def test_a_folder_s_entry_written_before_file_names_is_converted_again_once_in_one_line(tmp_path, capsys):
+    root = _png_set(tmp_path)
+    first = _load("folder", root, tmp_path, test_fraction=0.4)
+    entry = _entry(tmp_path)
+    _edit_meta(entry, lambda meta: meta.pop("names_digest"))  # as the entries written before names were
+    for old in ("names.json", "names.sha256"):
+        (entry / old).unlink()
+    assert image_source.read_converted(entry).train_names is None  # without its source: read, with no names
+    again = _load("folder", root, tmp_path, test_fraction=0.4)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "written before file names were recorded; converting it again" in lines[0]
+    assert (again.train.names, again.test.names) == (first.train.names, first.test.names)
+    assert again.cache_digest == first.cache_digest and _entry(tmp_path) == entry
+    _load("folder", root, tmp_path, test_fraction=0.4)
+    assert capsys.readouterr().err == ""  # once
+
+
 # ------------------------------------------------------------------------------ meta.json's schema
 
 

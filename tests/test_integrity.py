@@ -13,6 +13,7 @@ from vaelab import integrity
 from vaelab.integrity import (
     check_schema,
     printable,
+    utf8_text,
     remembered_sha256,
     remembered_sha256_files,
     require_free_space,
@@ -106,3 +107,9 @@ def test_printable_names_stay_on_one_line():
     assert printable("cats/0001.png") == "cats/0001.png" and printable("été.png") == "été.png"
     assert printable("bad\nname.png") == "'bad\\nname.png'"
     assert printable(os.fsdecode(b"\xff.png")) == "'\\udcff.png'" and printable(b"\xff.png") == "'\\udcff.png'"
+
+
+def test_utf8_text_keeps_a_utf8_name_and_writes_other_bytes_as_hex():
+    assert utf8_text('cats, "big"/été\n.png') == 'cats, "big"/été\n.png'
+    assert utf8_text(os.fsdecode(b"a/\xff\xfe.png")) == "a/\\xff\\xfe.png"
+    assert utf8_text(os.fsdecode(b"a/\xff.png")).encode() == b"a/\\xff.png"  # encodes: no surrogate left

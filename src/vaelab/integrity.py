@@ -12,6 +12,7 @@ checkpoints, configs, detector files) asks here rather than checking in its own 
     check_schema(mapping, schema, where=, fix=)  # keys present, types exact (a bool is not an int)
     require_free_space(directory, size, what=, fix=)  # refuse before writing what would fill the disk
     printable(name)                         # a file name as one printable line, for messages
+    utf8_text(name)                         # a file name as text any UTF-8 writer takes, for result files
 
 A mismatch is a VaelabError naming the file, what was expected and found, and the fix.
 """
@@ -196,3 +197,9 @@ def printable(name: str | os.PathLike) -> str:
     text = os.fspath(name)
     text = text if isinstance(text, str) else os.fsdecode(text)
     return text if text.isprintable() else repr(text)
+
+
+def utf8_text(name: str | os.PathLike) -> str:
+    """A file name as text that encodes to UTF-8: as it is when its bytes are UTF-8, else each byte that is not
+    written as \\xNN (a surrogate escape left in would fail to encode). A newline stays: CSV quotes it."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")

@@ -219,18 +219,25 @@ def write_results(
     return [write_csv(directory, stem, inputs, values), write_npz(directory, stem, inputs, values, meta)]
 
 
-def write_csv(directory: Path, stem: str, inputs: Inputs, values: Mapping[str, Any]) -> Path:
-    """DIRECTORY/<stem>.csv, atomically: a header, then one row per image in input order (index, label, the
-    per-image columns, float64 to 17 significant digits)."""
+def identity_columns(selection: Any) -> dict[str, Any]:
+    """What names each image of a selection, in input order: "index" and "label" (N,), and "file" (N,) str, its
+    path relative to the data folder (utf8_text), where the source has file names."""
     import numpy as np
 
+    from vaelab.integrity import utf8_text
+
+    columns = {"index": np.arange(selection.images.shape[0]), "label": selection.labels.numpy()}
+    if selection.names is not None:
+        columns["file"] = np.array([utf8_text(name) for name in selection.names], dtype=str)
+    return columns
+
+
+def write_csv(directory: Path, stem: str, inputs: Inputs, values: Mapping[str, Any]) -> Path:
+    """DIRECTORY/<stem>.csv, atomically: a header, then one row per image in input order (index, label, file
+    where the data have file names, the per-image columns, float64 to 17 significant digits)."""
     from vaelab.io import atomic_write
 
-    columns = {
-        "index": np.arange(inputs.x.shape[0]),
-        "label": inputs.selection.labels.numpy(),
-        **per_image_columns(values),
-    }
+    columns = {**identity_columns(inputs.selection), **per_image_columns(values)}
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(list(columns))
@@ -240,16 +247,29 @@ def write_csv(directory: Path, stem: str, inputs: Inputs, values: Mapping[str, A
 
 
 def write_npz(directory: Path, stem: str, inputs: Inputs, values: Mapping[str, Any], meta: Mapping[str, Any]) -> Path:
-    """DIRECTORY/<stem>.npz, atomically: "index", "label", every value as an array (N, ...) in input order, and
-    "meta" (JSON text: where the numbers came from)."""
+    """DIRECTORY/<stem>.npz, atomically: "index", "label", "file" where the data have file names, every value as
+    an array (N, ...) in input order, and "meta" (JSON text: where the numbers came from)."""
     import numpy as np
 
     from vaelab.io import atomic_write
 
-    arrays = {"index": np.arange(inputs.x.shape[0]), "label": inputs.selection.labels.numpy()}
+    arrays = identity_columns(inputs.selection)
     arrays.update({name: value.numpy() if hasattr(value, "numpy") else value for name, value in values.items()})
     arrays["meta"] = np.array(json.dumps(dict(meta), sort_keys=True))
-    return atomic_write(directory / f"{stem}.npz", lambda file: np.savez(file, **arrays), what=f"{stem} arrays")
+    return atomic_write(directory / f"{stem}.npz", lambda file: _save_npz(file, arrays), what=f"{stem} arrays")
+
+
+def _save_npz(file: Any, arrays: Mapping[str, Any]) -> None:
+    """What np.savez(file, **arrays) writes (one NAME.npy per array, uncompressed), for any names: np.savez takes
+    its first parameter by the name "file", so it cannot be given an array called "file"."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _cell(value: Any) -> str:

@@ -7,9 +7,10 @@
 
 `fit` computes the statistic on in-distribution images (the run's validation split by default) and writes
 DET/detector.json: their scores and the threshold at the chosen false-positive rate, tied to the model's weights.
-`score` writes per image the statistic, a p-value against the fit set and a flag (detect.csv, detect.npz). With
-known out-of-distribution images (`--against`) or labels that mark outliers (`--outlier-labels`), it prints
-AUROC, AUPRC and the false-positive rate at 95 % true positives and draws detect.png (histograms and ROC).
+`score` writes per image the statistic, a p-value against the fit set and a flag (detect.csv, detect.npz),
+binarizing as the detector was fitted (another --binarize is refused). With known out-of-distribution images
+(`--against`) or labels that mark outliers (`--outlier-labels`), it prints AUROC, AUPRC and the false-positive
+rate at 95 % true positives and draws detect.png (histograms and ROC).
 Both run in the per-image runner's resumable shards.
 """
 
@@ -148,6 +149,12 @@ def _score(args: argparse.Namespace, device: Any, directory: Path) -> int:
 
     loaded = load_model(args.checkpoint)
     detector = OODDetector.load(args.detector, loaded[0])
+    if args.binarize not in ("auto", detector.binarize):
+        raise VaelabError(
+            f"--binarize {args.binarize}: the detector {args.detector} was fitted with binarization "
+            f"{detector.binarize} and scores images so; drop --binarize (or pass {detector.binarize}), or refit it "
+            f"with `vaelab detect fit --binarize {args.binarize}`"
+        )
     args.binarize = "none"  # the detector draws its binarizations of the grey images, as when it was fitted
     inputs = common.open_inputs(args, device, loaded)
     detector.model = inputs.model  # the same model, now on the device
@@ -209,7 +216,8 @@ def _values(args: argparse.Namespace, inputs: Any, detector: Any, directory: Pat
 
 
 def _against(args: argparse.Namespace, inputs: Any, detector: Any, device: Any, directory: Path) -> dict[str, Any]:
-    """Score the --against images (known outliers) with the same detector: score, p_value, flagged."""
+    """Score the --against images (known outliers) with the same detector: index, label, file (where they have
+    file names), score, p_value, flagged."""
     import copy
 
     other = copy.copy(args)
@@ -223,4 +231,9 @@ def _against(args: argparse.Namespace, inputs: Any, detector: Any, device: Any, 
     values, store = _values(other, against, detector, directory, verb="against")
     scores = detector.score_values(values)
     store.remove()
-    return {"score": scores, "p_value": detector.p_values_of(scores), "flagged": scores > detector.threshold}
+    return {
+        **common.identity_columns(against.selection),
+        "score": scores,
+        "p_value": detector.p_values_of(scores),
+        "flagged": scores > detector.threshold,
+    }

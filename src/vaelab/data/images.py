@@ -6,12 +6,14 @@ that is memory-mapped when read (and the resizing that IDX files of any size sha
 The cache lives in `<cache dir>/converted/<key>/` (key: a digest of the source's identity, its files'
 relative paths, sizes and mtimes or an array file's SHA-256, and the conversion settings) as train.npy
 and test.npy (uint8 (N, C, H, W): channel first, the layout torch convolutions read; grey is C = 1),
-train_labels.npy and test_labels.npy (int64 (N,)) and meta.json, written last: a directory without
+train_labels.npy and test_labels.npy (int64 (N,)), for a folder names.json (each image's path relative to the
+folder, {"train": [...], "test": [...]} in the splits' order) and meta.json, written last: a directory without
 meta.json is an unfinished conversion and is built again; a failed conversion removes what it wrote.
 Each read checks meta.json's schema and the files against its digests (cache_digest over train.npy then
-test.npy, labels_digest over the two label files), hashed once and remembered beside them with the files'
-sizes and mtimes (vaelab.integrity), so a damaged entry is found at every run start for the price of a stat;
-a damaged entry is derived data, converted again from its source with one line on stderr. A conversion that
+test.npy, labels_digest over the two label files, names_digest over names.json), hashed once and remembered
+beside them with the files' sizes and mtimes (vaelab.integrity), so a damaged entry is found at every run start
+for the price of a stat; a damaged entry is derived data, converted again from its source with one line on
+stderr, as is a folder's entry written before names.json was recorded. A conversion that
 would not fit on the disk, or images of an absurd stored size, are refused before anything is written.
 A conversion streams: each image is decoded, checked, resized and written into the memory-mapped output
 on its own (an array in blocks), so memory stays flat however many files there are; a split read back is
@@ -59,6 +61,7 @@ CONVERTED_DIR = "converted"
 META_NAME = "meta.json"
 CACHE_FORMAT = 1  # part of the key: a change of layout converts again rather than misreading
 CACHE_STAMP, LABELS_STAMP = "cache.sha256", "labels.sha256"  # the remembered digests (integrity.remembered_*)
+NAMES_NAME, NAMES_STAMP = "names.json", "names.sha256"  # a folder's file names and their remembered digest
 ARRAY_NAMES = ("train", "test", "train_labels", "test_labels")
 # Without --image-size, images larger than this are almost surely an oversight (photos straight off a camera):
 # a 4000x4000 colour image is 48 MB of cache, and no model here trains at that size.
@@ -66,7 +69,8 @@ MAX_STORED_PIXELS = 2048 * 2048
 # Labels are class numbers 0..n-1; per-class tables and plot legends hold one entry per number up to the largest.
 MAX_LABEL = (1 << 20) - 1
 _BLOCK_BYTES = 1 << 26  # an array is converted in blocks of about 64 MB
-# meta.json's keys and types; labels_digest is absent from entries written before it was recorded.
+# meta.json's keys and types; labels_digest is absent from entries written before it was recorded, names_digest
+# from those and from an array's (its images have no file names).
 _META_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "source": str,
     "kind": str,
@@ -82,6 +86,14 @@ _META_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "seed": int,
 }
 
+# meta.json's digest -> the files it covers, in order, and the stamp that remembers it.
+_DIGESTS = (
+    ("cache_digest", ("train.npy", "test.npy"), CACHE_STAMP),
+    ("labels_digest", ("train_labels.npy", "test_labels.npy"), LABELS_STAMP),
+    ("names_digest", (NAMES_NAME,), NAMES_STAMP),
+)
+_WRITTEN_BESIDE = (CACHE_STAMP, LABELS_STAMP, NAMES_STAMP, NAMES_NAME)  # besides the arrays and meta.json
+
 
 @dataclass(frozen=True)
 class Converted:
@@ -92,6 +104,8 @@ class Converted:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     meta: dict  # meta.json: source, kind, shape (C, H, W), channels, train, test, classes, digests, settings
+    train_names: tuple[str, ...] | None = None  # a folder's files, relative to it, in the split's order
+    test_names: tuple[str, ...] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,11 +149,19 @@ def load_images(
     directory = cache_root / CONVERTED_DIR / key
     if (directory / META_NAME).is_file():
         try:
-            return _read_verified(directory)
+            converted = _read_verified(directory)
         except _Damaged as damage:  # derived data, and its source is here: converted again, said in one line
             print(
                 f"vaelab: the converted cache {directory} is damaged ({damage}); converting it again from "
                 f"{printable(path)}",
+                file=sys.stderr,
+            )
+        else:
+            if kind != "folder" or converted.train_names is not None:
+                return converted
+            print(
+                f"vaelab: the converted cache {directory} was written before file names were recorded; converting "
+                f"it again from {printable(path)} (once)",
                 file=sys.stderr,
             )
     return source.convert(directory, settings, progress)
@@ -160,11 +182,12 @@ def read_converted(directory: Path) -> Converted:
 
 def _read_verified(directory: Path) -> Converted:
     """read_converted, a damaged entry raising _Damaged: meta.json's schema, then the digests, then the arrays'
-    dtypes and shapes against meta.json."""
+    dtypes and shapes and the names' counts against meta.json."""
     try:
         meta = _read_meta(directory)
         _verify_digests(directory, meta)
         arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in ARRAY_NAMES}
+        names = json.loads((directory / NAMES_NAME).read_text()) if "names_digest" in meta else None
     except (OSError, ValueError, EOFError, VaelabError) as error:
         raise _Damaged(str(error)) from None
     for split in SPLITS:
@@ -173,8 +196,25 @@ def _read_verified(directory: Path) -> Converted:
             raise _Damaged(f"{split}.npy is {images.dtype} {images.shape}, meta.json says {meta['shape']}")
         if labels.dtype != np.int64 or labels.shape != (meta[split],):
             raise _Damaged(f"{split}_labels.npy does not hold {meta[split]} int64 labels")
+        if names is not None and not _names_of(names, split, meta[split]):
+            raise _Damaged(f"{NAMES_NAME} does not hold {meta[split]} {split} file names")
     tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
-    return Converted(tensors["train"], tensors["train_labels"], tensors["test"], tensors["test_labels"], meta)
+    train_names, test_names = (tuple(names[split]) for split in SPLITS) if names is not None else (None, None)
+    return Converted(
+        tensors["train"],
+        tensors["train_labels"],
+        tensors["test"],
+        tensors["test_labels"],
+        meta,
+        train_names,
+        test_names,
+    )
+
+
+def _names_of(names: object, split: str, count: int) -> bool:
+    """Whether names.json's `names` holds a list of `count` strings under `split`."""
+    listed = names.get(split) if isinstance(names, dict) else None
+    return isinstance(listed, list) and len(listed) == count and all(isinstance(name, str) for name in listed)
 
 
 def _read_meta(directory: Path) -> dict:
@@ -190,13 +230,12 @@ def _read_meta(directory: Path) -> dict:
 
 
 def _verify_digests(directory: Path, meta: dict) -> None:
-    """Raise VaelabError unless the files' (remembered) digests are meta.json's: cache_digest over train.npy then
-    test.npy, and labels_digest over the label files where meta.json has one (entries written before it lack it)."""
-    checks = [(("train", "test"), CACHE_STAMP, "cache_digest")]
-    if "labels_digest" in meta:
-        checks.append((("train_labels", "test_labels"), LABELS_STAMP, "labels_digest"))
-    for names, stamp, key in checks:
-        paths = [directory / f"{name}.npy" for name in names]
+    """Raise VaelabError unless the files' (remembered) digests are meta.json's (_DIGESTS): cache_digest always,
+    labels_digest and names_digest where meta.json has them."""
+    for key, names, stamp in _DIGESTS:
+        if key not in meta:
+            continue  # cache_digest is in the schema; the others are absent from older entries and arrays'
+        paths = [directory / name for name in names]
         actual = integrity.remembered_sha256_files(paths, directory / stamp)
         if actual != meta[key]:
             shown = " then ".join(path.name for path in paths)
@@ -312,7 +351,10 @@ class _FolderSource:
 
         counts = {"train": int((~is_test).sum()), "test": int(is_test.sum())}
         described = {"source": str(self.root), "kind": "folder", "classes": list(self.classes), **settings}
-        return _build(directory, shape, counts, fill, described)
+        names: dict[str, list[str]] = {split: [] for split in SPLITS}  # each split's, in the order fill writes them
+        for name, test in zip(self.names, is_test):
+            names["test" if test else "train"].append(name)
+        return _build(directory, shape, counts, fill, described, names)
 
     def _scan(self, image_size: int, progress: bool) -> tuple[int, tuple[int, int]]:
         """(channels, (height, width)) from every file's header: what cannot be read is refused before any writing."""
@@ -677,9 +719,11 @@ def _build(
     counts: dict[str, int],
     fill: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], str],
     described: dict,
+    names: dict[str, list[str]] | None = None,
 ) -> Converted:
     """Write one cache entry: fill(images, labels) writes every image (N, C, H, W) and label and returns the
-    source digest; the arrays are staged beside their targets and renamed into place, meta.json last.
+    source digest; the arrays are staged beside their targets and renamed into place, names (split -> each
+    image's file, in fill's order) into names.json, meta.json last.
 
     Any failure (a bad image, a full disk, Ctrl-C) removes what this conversion wrote; other entries are untouched.
     """
@@ -690,7 +734,7 @@ def _build(
         raise VaelabError(
             f"cannot create the cache {directory} ({error.strerror}); set VAELAB_DATA to a writable directory"
         ) from None
-    for name in (META_NAME, CACHE_STAMP, LABELS_STAMP):  # unfinished from here until meta.json is written again
+    for name in (META_NAME, *_WRITTEN_BESIDE):  # unfinished from here until meta.json is written again
         (directory / name).unlink(missing_ok=True)
     targets = {split: directory / f"{split}.npy" for split in SPLITS}
     staged = {split: temporary_path(target) for split, target in targets.items()}
@@ -712,6 +756,8 @@ def _build(
             buffer = io.BytesIO()
             np.save(buffer, labels[split])
             atomic_write(directory / f"{split}_labels.npy", buffer.getvalue(), what="label cache")
+        if names is not None:  # ensure_ascii: a name that is not UTF-8 keeps its bytes as \udcXX escapes
+            atomic_write(directory / NAMES_NAME, json.dumps(names) + "\n", what="file names cache")
         meta = {
             **described,
             "shape": list(shape),
@@ -769,21 +815,20 @@ def _discard_unfinished(directory: Path, staged: object) -> None:
         for path in staged:  # type: ignore[attr-defined]
             path.unlink(missing_ok=True)
         if not (directory / META_NAME).exists():
-            for name in (*(f"{name}.npy" for name in ARRAY_NAMES), CACHE_STAMP, LABELS_STAMP):
+            for name in (*(f"{name}.npy" for name in ARRAY_NAMES), *_WRITTEN_BESIDE):
                 (directory / name).unlink(missing_ok=True)
             directory.rmdir()
 
 
 def _digests(directory: Path) -> dict[str, str]:
     """cache_digest: SHA-256 over the bytes of train.npy then test.npy (their .npy headers included);
-    labels_digest: the same over the label files. Hashed once here and remembered beside them, so the check at
-    each read costs a stat while the files' sizes and mtimes stay."""
+    labels_digest: the same over the label files; names_digest over names.json, where the entry has one. Hashed
+    once here and remembered beside them, so the check at each read costs a stat while the files' sizes and mtimes
+    stay."""
     return {
-        key: integrity.remembered_sha256_files([directory / f"{name}.npy" for name in names], directory / stamp)
-        for key, names, stamp in (
-            ("cache_digest", ("train", "test"), CACHE_STAMP),
-            ("labels_digest", ("train_labels", "test_labels"), LABELS_STAMP),
-        )
+        key: integrity.remembered_sha256_files([directory / name for name in names], directory / stamp)
+        for key, names, stamp in _DIGESTS
+        if all((directory / name).is_file() for name in names)
     }
 
 

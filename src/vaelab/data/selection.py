@@ -25,13 +25,15 @@ SPLITS = ("train", "validation", "test")
 @dataclass(frozen=True)
 class Selection:
     """Images chosen for a verb: uint8 (N, H, W) or (N, C, H, W) in the source's order, their labels (N,) int64,
-    and where they came from, in words (for the table's heading and the result files)."""
+    where they came from, in words (for the table's heading and the result files), and their files (N,) relative
+    to `source` where it is a folder (None where the source has no file names)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     dataset: str
     split: str
     source: str
+    names: tuple[str, ...] | None = None
 
     @property
     def description(self) -> str:
@@ -71,12 +73,10 @@ def select_images(
         )
     else:
         loaded = load_dataset(name, data_dir, image_size=image_size or 0, progress=False)
-    if split == "validation":
-        held_out = config.validation_size
-        images, labels = loaded.train.images[-held_out:], loaded.train.labels[-held_out:]
-    else:
-        part = getattr(loaded, split)
-        images, labels = part.images, part.labels
+    # validation: the last validation_size training images, as training held them out
+    part = loaded.train if split == "validation" else getattr(loaded, split)
+    rows = slice(-config.validation_size, None) if split == "validation" else slice(None)
+    images, labels, names = _rows((part.images, part.labels, part.names), rows)
     if images.shape[0] == 0:
         raise VaelabError(f"the {split} split of {name} holds no images; choose another --split or --dataset")
     if size:
@@ -85,5 +85,10 @@ def select_images(
                 f"--size {size} exceeds the {images.shape[0]} images of the {split} split; use a smaller --size "
                 "or 0 for all"
             )
-        images, labels = images[:size], labels[:size]
-    return Selection(images, labels, name, split, loaded.source)
+        images, labels, names = _rows((images, labels, names), slice(size))
+    return Selection(images, labels, name, split, loaded.source, names)
+
+
+def _rows(columns: tuple, rows: slice) -> tuple:
+    """The same rows of each column (images, labels, names); a column that is None stays None."""
+    return tuple(column[rows] if column is not None else None for column in columns)

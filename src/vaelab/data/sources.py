@@ -75,10 +75,12 @@ _DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 @dataclass(frozen=True)
 class Split:
     """One split: images uint8 in 0..255, (N, 28, 28) for MNIST's, (N, H, W) for IDX files (N, C, S, S) once
-    resized, (N, C, H, W) for users' folders and arrays (memory-mapped from the cache); labels (N,) int64."""
+    resized, (N, C, H, W) for users' folders and arrays (memory-mapped from the cache); labels (N,) int64; names
+    (N,): a folder's files, each image's path relative to the folder, None where the source has no file names."""
 
     images: torch.Tensor  # (N, H, W) or (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
+    names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -240,8 +242,8 @@ def load_dataset(
         meta = converted.meta
         return Dataset(
             name=name,
-            train=Split(converted.train_images, converted.train_labels),
-            test=Split(converted.test_images, converted.test_labels),
+            train=Split(converted.train_images, converted.train_labels, converted.train_names),
+            test=Split(converted.test_images, converted.test_labels, converted.test_names),
             source=meta["source"],
             classes=tuple(meta["classes"]),
             source_digest=meta["source_digest"],
