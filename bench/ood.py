@@ -38,6 +38,13 @@ QUICK_MODEL = ModelSpec(latent_dims=(4, 2), hidden=(32, 16), depth=1, activation
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.0,
+        help="train the two Bernoulli models for this many seconds each instead of --epochs (cosine schedule)",
+    )
+    parser.add_argument("--train-threads", type=int, default=0, help="threads for training; 0 = --threads")
     parser.add_argument("--images", type=int, default=2000, help="test images per set")
     parser.add_argument("--fit-images", type=int, default=5000, help="held-out training images to fit on")
     parser.add_argument("--regret-images", type=int, default=500, help="images per set for the slow 'regret'")
@@ -110,18 +117,23 @@ def trained_model(name: str, train_images: torch.Tensor, args: argparse.Namespac
     if (run_dir / CHECKPOINT_NAME).exists():
         return load_model(run_dir / CHECKPOINT_NAME)
     spec = QUICK_MODEL if args.quick else EIGHT_BIT_MODEL if eight_bit else MODEL
+    timed = args.budget and not (args.quick or eight_bit)  # the 8-bit pair's model trains --epochs
+    budget = {"budget": args.budget, "lr_schedule": "cosine"} if timed else {}
     config = TrainConfig(
         dataset=name if not args.quick else "array",
         model=dataclasses.replace(spec, likelihood="logistic") if eight_bit else spec,
-        epochs=2 if args.quick else args.epochs,
+        epochs=2 if args.quick else 1_000_000 if budget else args.epochs,
         binarize="none" if eight_bit else "dynamic",
         validation_size=args.fit_images,
-        threads=args.threads,
+        threads=args.train_threads or args.threads,
         seed=args.seed + 1,
+        **budget,
     )
     started = time.perf_counter()
     result = train(config, train_images, train_images[:100], run_dir, progress=False)
-    print(f"trained {name}: {config.epochs} epochs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    torch.set_num_threads(args.threads)  # scoring is timed on --threads
+    length = f"{args.budget:.0f} s of budget" if budget else f"{config.epochs} epochs"
+    print(f"trained {name}: {length} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return result.model, config
 
 

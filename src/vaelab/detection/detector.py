@@ -41,10 +41,11 @@ STATISTICS = {
     "residual": "-L_k above what the image's zlib bits predict, in standard deviations of a Gaussian fitted "
     "in-distribution (Serrà et al. 2020 with fitted slopes)",
     "upside-down": "L_k of the image upside down - L_k of the image (the model as its own orientation classifier)",
-    "combined": "Fisher's combination of the conformal p-values of dose, residual and upside-down",
+    "combined": "-log of the smaller of two conformal p-values: of Fisher's combination of dose's and residual's "
+    "(are the image's statistics typical?) and of upside-down's (is it the right way up?)",
 }
 DEFAULT_STATISTIC = "combined"
-COMPONENTS = ("dose", "residual", "upside-down")  # what "combined" combines
+COMPONENTS = ("dose", "residual", "upside-down")  # what "combined" is made of
 DENSITY_STATISTICS = ("dose", "residual", "combined")  # a Gaussian over the DoSE features fitted in-distribution
 NEEDS_UPSIDE_DOWN = ("upside-down", "combined")
 SCHEMA = {
@@ -179,12 +180,9 @@ class OODDetector:
         """The statistic `name` (default: the detector's) of values v; held_in: v are the calibration images'."""
         name = name or self.statistic
         if name == "combined":
-            return stats.fisher_combination(
-                [
-                    stats.conformal_p_values(self.references[part], self._statistic(v, part), held_in=held_in)
-                    for part in COMPONENTS
-                ]
-            )
+            return -np.log(np.minimum(self._p(v, "typical", held_in), self._p(v, "upside-down", held_in)))
+        if name == "typical":  # Fisher's combination of dose's and residual's p-values, a part of "combined"
+            return stats.fisher_combination([self._p(v, "dose", held_in), self._p(v, "residual", held_in)])
         if name == "upside-down":
             return stats.upside_down_gap(v["L_k"], v["L_k_upside_down"])
         if name == "residual":  # -L_k given the draw's and the stored image's code lengths
@@ -200,6 +198,10 @@ class OODDetector:
         if name == "typicality":
             return stats.typicality_distance(stats.negative_log_likelihood(v["L_k"]), self.entropy)
         return self.density.score(self._features(v))  # type: ignore[union-attr]  # dose
+
+    def _p(self, v: dict[str, np.ndarray], part: str, held_in: bool) -> np.ndarray:
+        """Conformal p-values of the statistic `part` against the calibration images' (self.references)."""
+        return stats.conformal_p_values(self.references[part], self._statistic(v, part, held_in), held_in=held_in)
 
     # --- the PyOD shape ---------------------------------------------------------------------------------------
     def fit(self, images: Any) -> OODDetector:
@@ -221,8 +223,9 @@ class OODDetector:
             if self.statistic in DENSITY_STATISTICS:
                 self.density = stats.DensityOfStates.fit(self._features(v)[fit_half])
             v = {name: value[calibrate] for name, value in v.items()}
-        if self.statistic == "combined":  # each component's p-values are taken against the calibration images
+        if self.statistic == "combined":  # each part's p-values are taken against the calibration images'
             self.references = {part: np.sort(self._statistic(v, part)) for part in COMPONENTS}
+            self.references["typical"] = np.sort(self._statistic(v, "typical", held_in=True))
         self.fit_scores = np.sort(self._statistic(v, held_in=True))
         self.threshold = float(np.quantile(self.fit_scores, 1 - self.fpr))
         return self
