@@ -232,3 +232,18 @@ def test_outlier_labels_and_a_detector_of_another_model(squares_run, tmp_path, c
         capsys,
         "--against array: the images are 1x32x32 (C x H x W), the model takes 1x28x28; use --image-size 28",
     )
+
+
+def test_the_default_detector_says_which_question_each_image_fails(squares_run, tmp_path, capsys):
+    """`combined` (the default) writes each image's p-values of its two questions beside the score; an image's
+    flag is the smaller of them beyond the threshold."""
+    run = squares_run
+    out = run_ok(["detect", "fit", "--checkpoint", str(run), "--out", str(tmp_path / "det"), "--no-progress"], capsys)
+    assert "fitting a 'combined' detector" in out
+    detector = str(tmp_path / "det" / "detector.json")
+    run_ok(["detect", "score", "--checkpoint", str(run), "--detector", detector, "--out", str(tmp_path / "s")], capsys)
+    with open(tmp_path / "s" / "detect.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0])[-2:] == ["p_typical", "p_upside_down"]
+    smaller = np.minimum([float(row["p_typical"]) for row in rows], [float(row["p_upside_down"]) for row in rows])
+    np.testing.assert_allclose([float(row["score"]) for row in rows], -np.log(smaller), rtol=1e-12)

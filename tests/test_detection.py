@@ -268,6 +268,9 @@ def test_images_turned_upside_down_are_flagged_and_calibration_holds(bars_model,
     assert detector.predict(flipped).mean() >= 0.9
     p = detector.p_values(inside)
     assert abs(p.mean() - 0.5) < 0.08 and detector.predict(inside).mean() <= 0.2
+    if statistic == "combined":  # the flipped bars fail the upside-down question, and only that one
+        parts = detector.part_p_values(detector.values(detector.prepare(flipped)))
+        assert np.median(parts["p_upside_down"]) < 0.01 < np.median(parts["p_typical"])
 
 
 def test_the_upside_down_test_needs_an_image():

@@ -161,7 +161,12 @@ def _score(args: argparse.Namespace, device: Any, directory: Path) -> int:
     print(f"scoring {inputs.selection.description} with the '{detector.statistic}' detector {args.detector}")
     values, store = _values(args, inputs, detector, directory)
     scores = detector.score_values(values)
-    result = {"score": scores, "p_value": detector.p_values_of(scores), "flagged": scores > detector.threshold}
+    result = {
+        "score": scores,
+        "p_value": detector.p_values_of(scores),
+        "flagged": scores > detector.threshold,
+        **detector.part_p_values(values),  # combined: which question an image fails
+    }
     meta = {**common.base_meta(inputs, device), "detector": str(args.detector), "statistic": detector.statistic}
     written = [common.write_csv(directory, "detect", inputs, result)]
     print(f"{int(result['flagged'].sum())} of {scores.size} images flagged (threshold {detector.threshold:.4f})")

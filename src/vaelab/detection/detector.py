@@ -48,6 +48,7 @@ DEFAULT_STATISTIC = "combined"
 COMPONENTS = ("dose", "residual", "upside-down")  # what "combined" is made of
 DENSITY_STATISTICS = ("dose", "residual", "combined")  # a Gaussian over the DoSE features fitted in-distribution
 NEEDS_UPSIDE_DOWN = ("upside-down", "combined")
+CODE_LENGTHS = (3, 4)  # the DoSE features' columns of zlib bits: of the binarized draw and of the stored image
 SCHEMA = {
     "format": str,
     "version": int,
@@ -174,6 +175,7 @@ class OODDetector:
         return needed
 
     def _features(self, v: dict[str, np.ndarray]) -> np.ndarray:
+        """DoSE's summaries (N, 5): -L_k, -E_q log p(x|z), KL, then the CODE_LENGTHS columns."""
         return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"], v["bits_grey"]), axis=1)  # (N, 5)
 
     def _statistic(self, v: dict[str, np.ndarray], name: str | None = None, held_in: bool = False) -> np.ndarray:
@@ -186,7 +188,7 @@ class OODDetector:
         if name == "upside-down":
             return stats.upside_down_gap(v["L_k"], v["L_k_upside_down"])
         if name == "residual":  # -L_k given the draw's and the stored image's code lengths
-            return self.density.residual(self._features(v), target=0, given=(3, 4))  # type: ignore[union-attr]
+            return self.density.residual(self._features(v), target=0, given=CODE_LENGTHS)  # type: ignore[union-attr]
         if name == "nll":
             return stats.negative_log_likelihood(v["L_k"])
         if name == "complexity":
@@ -243,6 +245,15 @@ class OODDetector:
         """`score` from the images' `values`."""
         self._require_fit()
         return self._statistic({name: np.asarray(value, dtype=np.float64) for name, value in per_image.items()})
+
+    def part_p_values(self, per_image: dict[str, Any]) -> dict[str, np.ndarray]:
+        """For 'combined', which question an image fails: "p_typical" and "p_upside_down" (N,), each part's
+        conformal p-value from the images' `values`; {} for the other statistics."""
+        self._require_fit()
+        if self.statistic != "combined":
+            return {}
+        v = {name: np.asarray(value, dtype=np.float64) for name, value in per_image.items()}
+        return {"p_typical": self._p(v, "typical", False), "p_upside_down": self._p(v, "upside-down", False)}
 
     def p_values_of(self, scores: np.ndarray) -> np.ndarray:
         """(N,) conformal p-values (1 + #{fit scores >= s}) / (n + 1) of scores: uniform on in-distribution images."""
