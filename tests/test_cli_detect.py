@@ -235,8 +235,8 @@ def test_outlier_labels_and_a_detector_of_another_model(squares_run, tmp_path, c
 
 
 def test_the_default_detector_says_which_question_each_image_fails(squares_run, tmp_path, capsys):
-    """`combined` (the default) writes each image's p-values of its two questions beside the score; an image's
-    flag is the smaller of them beyond the threshold."""
+    """`combined` (the default) writes each image's p-values of its two questions beside the score, which is -log
+    of the smaller (the upside-down one counted twice)."""
     run = squares_run
     out = run_ok(["detect", "fit", "--checkpoint", str(run), "--out", str(tmp_path / "det"), "--no-progress"], capsys)
     assert "fitting a 'combined' detector" in out
@@ -245,5 +245,6 @@ def test_the_default_detector_says_which_question_each_image_fails(squares_run, 
     with open(tmp_path / "s" / "detect.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0])[-2:] == ["p_typical", "p_upside_down"]
-    smaller = np.minimum([float(row["p_typical"]) for row in rows], [float(row["p_upside_down"]) for row in rows])
+    typical, upside_down = ([float(row[name]) for row in rows] for name in ("p_typical", "p_upside_down"))
+    smaller = np.minimum(typical, np.minimum(1, 2 * np.array(upside_down)))  # upside-down weighted 1:2
     np.testing.assert_allclose([float(row["score"]) for row in rows], -np.log(smaller), rtol=1e-12)

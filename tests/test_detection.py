@@ -69,6 +69,11 @@ def test_pure_statistics_follow_their_definitions():
     np.testing.assert_array_equal(stats.typicality_distance(np.array([1.0, 4.0]), 2.0), [1.0, 2.0])
 
 
+def test_nats_per_code_bit_is_the_negative_bound_over_the_code_length():
+    per_bit = stats.nats_per_code_bit(np.array([-100.0, -30.0]), np.array([1000.0, 120.0]))
+    np.testing.assert_array_equal(per_bit, [0.1, 0.25])
+
+
 def test_upside_down_gap_is_the_flipped_bound_less_the_bound():
     np.testing.assert_array_equal(stats.upside_down_gap(np.array([-90.0, -80.0]), np.array([-95.0, -70.0])), [-5, 10])
 
@@ -268,9 +273,11 @@ def test_images_turned_upside_down_are_flagged_and_calibration_holds(bars_model,
     assert detector.predict(flipped).mean() >= 0.9
     p = detector.p_values(inside)
     assert abs(p.mean() - 0.5) < 0.08 and detector.predict(inside).mean() <= 0.2
-    if statistic == "combined":  # the flipped bars fail the upside-down question, and only that one
+    if statistic == "combined":  # the flipped bars fail the upside-down question, and both parts make the score
         parts = detector.part_p_values(detector.values(detector.prepare(flipped)))
-        assert np.median(parts["p_upside_down"]) < 0.01 < np.median(parts["p_typical"])
+        assert np.median(parts["p_upside_down"]) < 0.01
+        weighted = np.minimum(parts["p_typical"], np.minimum(1, 2 * parts["p_upside_down"]))
+        np.testing.assert_allclose(detector.score(flipped), -np.log(weighted), rtol=1e-12)
 
 
 def test_the_upside_down_test_needs_an_image():

@@ -27,7 +27,8 @@ from vaelab.models.base import LatentVariableModel
 from vaelab.models.hierarchical import TwoLayerVAE
 
 FORMAT = "vaelab-ood-detector"
-VERSION = 3  # 2: values averaged over binarization draws; DoSE with the stored image's code length; 3: combined
+VERSION = 3  # 2: values averaged over binarization draws, DoSE with the stored image's code length; 3: combined,
+# DoSE with -L_k per code bit
 BINARIZE_STREAM = 6  # the dynamic binarization draws' noise stream (vaelab.evaluation.common.Noise uses 1-5)
 # name -> what it measures; every one is "higher = more anomalous".
 STATISTICS = {
@@ -36,18 +37,21 @@ STATISTICS = {
     "llr": "L_k - L_k^{>1}, the two-layer likelihood ratio (Havtorn et al. 2021)",
     "regret": "ELBO after a per-image refit of q - ELBO (Xiao et al. 2020)",
     "typicality": "|-L_k - mean in-distribution -L_k| (Nalisnick et al. 2019, batches of one)",
-    "dose": "-log N of (-L_k, -E_q log p(x|z), KL, zlib bits of the draw and of the stored image) fitted "
-    "in-distribution (after Morningstar et al. 2021)",
+    "dose": "-log N of (-L_k, -E_q log p(x|z), KL, zlib bits of the draw and of the stored image, -L_k per bit of "
+    "the latter) fitted in-distribution (after Morningstar et al. 2021)",
     "residual": "-L_k above what the image's zlib bits predict, in standard deviations of a Gaussian fitted "
     "in-distribution (Serrà et al. 2020 with fitted slopes)",
     "upside-down": "L_k of the image upside down - L_k of the image (the model as its own orientation classifier)",
-    "combined": "-log of the smaller of two conformal p-values: of Fisher's combination of dose's and residual's "
-    "(are the image's statistics typical?) and of upside-down's (is it the right way up?)",
+    "combined": "-log of the smaller of two conformal p-values, weighted 2:1: of Fisher's combination of dose's and "
+    "residual's (are the image's statistics typical?) and of upside-down's (is it the right way up?)",
 }
 DEFAULT_STATISTIC = "combined"
 COMPONENTS = ("dose", "residual", "upside-down")  # what "combined" is made of
 DENSITY_STATISTICS = ("dose", "residual", "combined")  # a Gaussian over the DoSE features fitted in-distribution
 NEEDS_UPSIDE_DOWN = ("upside-down", "combined")
+# combined's weighted Bonferroni: p_upside_down counts twice, so the typical-statistics question has two thirds of
+# the false-positive budget and upside-down one third (docs/detection.md, "Combining").
+UPSIDE_DOWN_WEIGHT = 2.0
 CODE_LENGTHS = (3, 4)  # the DoSE features' columns of zlib bits: of the binarized draw and of the stored image
 SCHEMA = {
     "format": str,
@@ -175,14 +179,17 @@ class OODDetector:
         return needed
 
     def _features(self, v: dict[str, np.ndarray]) -> np.ndarray:
-        """DoSE's summaries (N, 5): -L_k, -E_q log p(x|z), KL, then the CODE_LENGTHS columns."""
-        return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"], v["bits_grey"]), axis=1)  # (N, 5)
+        """DoSE's summaries (N, 6): -L_k, -E_q log p(x|z), KL, the CODE_LENGTHS columns, then -L_k per bit of the
+        stored image's code (a ratio no Gaussian over the others can express)."""
+        nll_per_bit = stats.nats_per_code_bit(v["L_k"], v["bits_grey"])
+        return np.stack((-v["L_k"], -v["log_likelihood"], v["kl"], v["bits"], v["bits_grey"], nll_per_bit), axis=1)
 
     def _statistic(self, v: dict[str, np.ndarray], name: str | None = None, held_in: bool = False) -> np.ndarray:
         """The statistic `name` (default: the detector's) of values v; held_in: v are the calibration images'."""
         name = name or self.statistic
         if name == "combined":
-            return -np.log(np.minimum(self._p(v, "typical", held_in), self._p(v, "upside-down", held_in)))
+            upside_down = np.minimum(1.0, UPSIDE_DOWN_WEIGHT * self._p(v, "upside-down", held_in))
+            return -np.log(np.minimum(self._p(v, "typical", held_in), upside_down))
         if name == "typical":  # Fisher's combination of dose's and residual's p-values, a part of "combined"
             return stats.fisher_combination([self._p(v, "dose", held_in), self._p(v, "residual", held_in)])
         if name == "upside-down":
@@ -248,7 +255,8 @@ class OODDetector:
 
     def part_p_values(self, per_image: dict[str, Any]) -> dict[str, np.ndarray]:
         """For 'combined', which question an image fails: "p_typical" and "p_upside_down" (N,), each part's
-        conformal p-value from the images' `values`; {} for the other statistics."""
+        conformal p-value from the images' `values` (the score is -log min(p_typical, 2 p_upside_down));
+        {} for the other statistics."""
         self._require_fit()
         if self.statistic != "combined":
             return {}

@@ -36,6 +36,14 @@ def complexity_corrected(bound: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return -np.asarray(bound, dtype=np.float64) / LOG2 - np.asarray(bits, dtype=np.float64)
 
 
+def nats_per_code_bit(bound: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """-L_k / L(x) (N,) nats per bit: the negative log-likelihood per bit of a generic compressor's code for the
+    image. Serrà et al. subtract the code length; the ratio is the scale-free form, and in DoSE's Gaussian it
+    separates images whose likelihood and complexity are each typical but not together (thin strokes under a
+    model of filled shapes: Fashion-MNIST -> MNIST)."""
+    return -np.asarray(bound, dtype=np.float64) / np.asarray(bits, dtype=np.float64)
+
+
 def likelihood_ratio(bound: np.ndarray, bound_above_first: np.ndarray) -> np.ndarray:
     """LLR^{>1} = L - L^{>1} (N,) nats (Havtorn et al. 2021, eq. 9): how much the first stochastic layer's posterior
     adds to the bound over drawing z1 from its conditional prior p(z1|z2); large where only low-level detail
