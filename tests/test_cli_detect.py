@@ -18,6 +18,21 @@ from test_distributed import TINY
 pytestmark = pytest.mark.usefixtures("plain_torch")
 
 
+def score_args(checkpoint, detector, out, *options: str) -> list[str]:
+    """`vaelab detect score` with a checkpoint, a detector file and an output directory, then `options`."""
+    return [
+        "detect",
+        "score",
+        "--checkpoint",
+        str(checkpoint),
+        "--detector",
+        str(detector),
+        "--out",
+        str(out),
+        *options,
+    ]
+
+
 def _squares(count: int, seed: int) -> torch.Tensor:
     """28x28 uint8 images of one bright square each (the in-distribution data)."""
     generator = torch.Generator().manual_seed(seed)
@@ -87,21 +102,16 @@ def test_fit_then_score_against_outliers(squares_run, tmp_path, capsys):
     saved = json.loads((tmp_path / "det" / "detector.json").read_text())
     assert len(saved["fit_scores"]) == 60 and saved["binarize"] == "threshold"
     out = run_ok(
-        [
-            "detect",
-            "score",
-            "--checkpoint",
-            str(run),
-            "--detector",
-            str(tmp_path / "det" / "detector.json"),
-            "--out",
-            str(tmp_path / "s"),
+        score_args(
+            run,
+            tmp_path / "det" / "detector.json",
+            tmp_path / "s",
             "--against",
             "array",
             "--against-data-dir",
             str(tmp_path / "noise.npz"),
             "--no-progress",
-        ],
+        ),
         capsys,
     )
     line = next(line for line in out.splitlines() if "AUROC" in line)
@@ -142,38 +152,28 @@ def test_outlier_labels_and_a_detector_of_another_model(squares_run, tmp_path, c
         capsys,
     )
     run_refused(
-        [
-            "detect",
-            "score",
-            "--checkpoint",
-            str(run),
-            "--detector",
-            str(tmp_path / "det" / "detector.json"),
-            "--out",
-            str(tmp_path / "s"),
+        score_args(
+            run,
+            tmp_path / "det" / "detector.json",
+            tmp_path / "s",
             "--outlier-labels",
             "0",
             "--binarize",
             "threshold",  # the detector's own: accepted
             "--no-progress",
-        ],
+        ),
         capsys,
         "--outlier-labels 0 mark 60 of 60 images",
     )
     refused = run_refused(
-        [
-            "detect",
-            "score",
-            "--checkpoint",
-            str(run),
-            "--detector",
-            str(tmp_path / "det" / "detector.json"),
-            "--out",
-            str(tmp_path / "b"),
+        score_args(
+            run,
+            tmp_path / "det" / "detector.json",
+            tmp_path / "b",
             "--binarize",
             "dynamic",
             "--no-progress",
-        ],
+        ),
         capsys,
         "--binarize dynamic: the detector",
     )
@@ -197,38 +197,28 @@ def test_outlier_labels_and_a_detector_of_another_model(squares_run, tmp_path, c
         capsys,
     )
     run_refused(
-        [
-            "detect",
-            "score",
-            "--checkpoint",
-            str(other),
-            "--detector",
-            str(tmp_path / "det" / "detector.json"),
-            "--out",
-            str(tmp_path / "t"),
+        score_args(
+            other,
+            tmp_path / "det" / "detector.json",
+            tmp_path / "t",
             "--no-progress",
-        ],
+        ),
         capsys,
         "was fitted for another model",
     )
     wide = np.zeros((8, 32, 32), np.uint8)
     np.savez(tmp_path / "wide.npz", train=wide, test=wide)
     run_refused(
-        [
-            "detect",
-            "score",
-            "--checkpoint",
-            str(run),
-            "--detector",
-            str(tmp_path / "det" / "detector.json"),
-            "--out",
-            str(tmp_path / "u"),
+        score_args(
+            run,
+            tmp_path / "det" / "detector.json",
+            tmp_path / "u",
             "--against",
             "array",
             "--against-data-dir",
             str(tmp_path / "wide.npz"),
             "--no-progress",
-        ],
+        ),
         capsys,
         "--against array: the images are 1x32x32 (C x H x W), the model takes 1x28x28; use --image-size 28",
     )
@@ -241,7 +231,7 @@ def test_the_default_detector_says_which_question_each_image_fails(squares_run, 
     out = run_ok(["detect", "fit", "--checkpoint", str(run), "--out", str(tmp_path / "det"), "--no-progress"], capsys)
     assert "fitting a 'combined' detector" in out
     detector = str(tmp_path / "det" / "detector.json")
-    run_ok(["detect", "score", "--checkpoint", str(run), "--detector", detector, "--out", str(tmp_path / "s")], capsys)
+    run_ok(score_args(run, detector, tmp_path / "s"), capsys)
     with open(tmp_path / "s" / "detect.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0])[-2:] == ["p_typical", "p_upside_down"]

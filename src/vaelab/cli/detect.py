@@ -160,13 +160,8 @@ def _score(args: argparse.Namespace, device: Any, directory: Path) -> int:
     detector.model = inputs.model  # the same model, now on the device
     print(f"scoring {inputs.selection.description} with the '{detector.statistic}' detector {args.detector}")
     values, store = _values(args, inputs, detector, directory)
-    scores = detector.score_values(values)
-    result = {
-        "score": scores,
-        "p_value": detector.p_values_of(scores),
-        "flagged": scores > detector.threshold,
-        **detector.part_p_values(values),  # combined: which question an image fails
-    }
+    result = _judged(detector, values)
+    scores = result["score"]
     meta = {**common.base_meta(inputs, device), "detector": str(args.detector), "statistic": detector.statistic}
     written = [common.write_csv(directory, "detect", inputs, result)]
     print(f"{int(result['flagged'].sum())} of {scores.size} images flagged (threshold {detector.threshold:.4f})")
@@ -222,7 +217,7 @@ def _values(args: argparse.Namespace, inputs: Any, detector: Any, directory: Pat
 
 def _against(args: argparse.Namespace, inputs: Any, detector: Any, device: Any, directory: Path) -> dict[str, Any]:
     """Score the --against images (known outliers) with the same detector: index, label, file (where they have
-    file names), score, p_value, flagged."""
+    file names), then _judged's columns."""
     import copy
 
     other = copy.copy(args)
@@ -234,11 +229,17 @@ def _against(args: argparse.Namespace, inputs: Any, detector: Any, device: Any, 
         raise VaelabError(f"--against {args.against}: {error}") from None
     print(f"against {against.selection.description}")
     values, store = _values(other, against, detector, directory, verb="against")
-    scores = detector.score_values(values)
     store.remove()
+    return {**common.identity_columns(against.selection), **_judged(detector, values)}
+
+
+def _judged(detector: Any, values: Any) -> dict[str, Any]:
+    """Per image: the detector's score, its p-value against the fit set, the flag, and for 'combined' each
+    question's p-value (which one an image fails)."""
+    scores = detector.score_values(values)
     return {
-        **common.identity_columns(against.selection),
         "score": scores,
         "p_value": detector.p_values_of(scores),
         "flagged": scores > detector.threshold,
+        **detector.part_p_values(values),
     }
