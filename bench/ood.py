@@ -36,7 +36,7 @@ from vaelab.training import train
 MODEL = ModelSpec(latent_dims=(32, 16), hidden=(256, 128), depth=2, activation="tanh")
 EIGHT_BIT_MODEL = ModelSpec(latent_dims=(32,), hidden=(256,), depth=2, likelihood="logistic")  # 8-bit pixels
 # The 8-bit pair's statistics: llr needs two layers, regret is the slow one.
-EIGHT_BIT_STATISTICS = ("nll", "complexity", "typicality", "dose", "residual", "upside-down", "combined")
+EIGHT_BIT_STATISTICS = ("nll", "complexity", "typicality", "dose", "residual", "upside-down", "orientation", "combined")
 QUICK_MODEL = ModelSpec(latent_dims=(4, 2), hidden=(32, 16), depth=1, activation="tanh")
 
 

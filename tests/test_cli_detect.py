@@ -11,6 +11,7 @@ import torch
 from vaelab import OODDetector
 from vaelab.checkpoint import load_model
 from vaelab.data import load_dataset
+from vaelab.detection.detector import ORIENTATION_WEIGHT
 
 from conftest import run_ok, run_refused
 from test_distributed import TINY
@@ -226,7 +227,7 @@ def test_outlier_labels_and_a_detector_of_another_model(squares_run, tmp_path, c
 
 def test_the_default_detector_says_which_question_each_image_fails(squares_run, tmp_path, capsys):
     """`combined` (the default) writes each image's p-values of its two questions beside the score, which is -log
-    of the smaller (the upside-down one counted twice)."""
+    of the smaller (the orientation one counted ORIENTATION_WEIGHT times)."""
     run = squares_run
     out = run_ok(["detect", "fit", "--checkpoint", str(run), "--out", str(tmp_path / "det"), "--no-progress"], capsys)
     assert "fitting a 'combined' detector" in out
@@ -234,7 +235,7 @@ def test_the_default_detector_says_which_question_each_image_fails(squares_run, 
     run_ok(score_args(run, detector, tmp_path / "s"), capsys)
     with open(tmp_path / "s" / "detect.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0])[-2:] == ["p_typical", "p_upside_down"]
-    typical, upside_down = ([float(row[name]) for row in rows] for name in ("p_typical", "p_upside_down"))
-    smaller = np.minimum(typical, np.minimum(1, 2 * np.array(upside_down)))  # upside-down weighted 1:2
+    assert list(rows[0])[-2:] == ["p_typical", "p_orientation"]
+    typical, orientation = ([float(row[name]) for row in rows] for name in ("p_typical", "p_orientation"))
+    smaller = np.minimum(typical, np.minimum(1, ORIENTATION_WEIGHT * np.array(orientation)))
     np.testing.assert_allclose([float(row["score"]) for row in rows], -np.log(smaller), rtol=1e-12)

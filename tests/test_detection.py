@@ -11,6 +11,7 @@ import torch
 from vaelab import OODDetector
 from vaelab.config import ModelSpec
 from vaelab.detection import statistics as stats
+from vaelab.detection.detector import ORIENTATION_WEIGHT
 from vaelab.detection import values
 from vaelab.errors import VaelabError
 from vaelab.models import build_model
@@ -76,6 +77,40 @@ def test_nats_per_code_bit_is_the_negative_bound_over_the_code_length():
 
 def test_upside_down_gap_is_the_flipped_bound_less_the_bound():
     np.testing.assert_array_equal(stats.upside_down_gap(np.array([-90.0, -80.0]), np.array([-95.0, -70.0])), [-5, 10])
+
+
+def test_orientation_classifier_is_antisymmetric_and_zero_on_images_equal_to_their_flip():
+    rng = np.random.default_rng(0)
+    classifier = stats.OrientationClassifier(rng.normal(size=5), 0.7)
+    differences, gaps = rng.normal(size=(8, 5)), rng.normal(size=8)
+    np.testing.assert_allclose(classifier.logit(-differences, -gaps), -classifier.logit(differences, gaps))
+    assert classifier.logit(np.zeros((1, 5)), np.zeros(1))[0] == 0.0
+
+
+def test_orientation_classifier_recovers_the_log_odds_of_a_planted_orientation():
+    """Upright features t ~ N(m, I), so turned over -t ~ N(-m, I): the true log odds of upright is 2 m . t, and the
+    fit (on the upright images alone) must find the weights 2 m, the gap's among them."""
+    rng = np.random.default_rng(1)
+    m = np.array([0.5, -0.3, 0.2, 0.4])  # the last: the gap's
+    t = rng.normal(size=(40000, 4)) + m
+    fitted = stats.OrientationClassifier.fit(t[:, :3], t[:, 3], penalty=1e-8)
+    np.testing.assert_allclose(np.r_[fitted.weights, fitted.gap_weight], 2 * m, atol=0.04)
+
+
+def test_orientation_fit_is_logistic_regression_on_the_images_and_their_flips():
+    """At the fitted weights, the penalized loss of upright images (label 1) with their flips (label 0, features
+    negated) is stationary: its gradient, by autograd, vanishes (the ridge sees the gap in units of gap_scale)."""
+    rng = np.random.default_rng(2)
+    differences, gaps = rng.normal(size=(300, 12)) + 0.2, rng.normal(size=300) - 0.5
+    fitted = stats.OrientationClassifier.fit(differences, gaps, penalty=1e-2, gap_scale=4.0)
+    w = torch.tensor(np.r_[fitted.weights, fitted.gap_weight], requires_grad=True)
+    features = torch.from_numpy(np.c_[differences, gaps])
+    both = torch.cat((features, -features))
+    labels = torch.cat((torch.ones(300), torch.zeros(300))).double()
+    ridge = (w[:-1] ** 2).sum() + (4.0 * w[-1]) ** 2  # the gap's weight in units of gap_scale
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(both @ w, labels) + 0.5e-2 * ridge
+    loss.backward()
+    assert w.grad.abs().max() < 1e-8
 
 
 def test_conformal_p_values_are_uniform_on_exchangeable_scores_and_on_the_reference_itself():
@@ -157,7 +192,8 @@ def test_refit_never_lowers_the_elbo(fitted_model):
 
 # --- the detector ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "statistic", ["nll", "llr", "typicality", "dose", "complexity", "regret", "residual", "upside-down", "combined"]
+    "statistic",
+    ["nll", "llr", "typicality", "dose", "complexity", "regret", "residual", "upside-down", "orientation", "combined"],
 )
 def test_detector_fitted_on_squares_flags_noise(fitted_model, statistic):
     detector = OODDetector(fitted_model, statistic, k=4, binarize="threshold", regret_steps=5)
@@ -168,7 +204,7 @@ def test_detector_fitted_on_squares_flags_noise(fitted_model, statistic):
     flagged_in, flagged_out = detector.predict(inside).mean(), detector.predict(outside).mean()
     # zlib sees squares and noise alike as incompressible noise here; the LLR needs a trained top layer; noise is
     # as likely upside down.
-    if statistic not in ("complexity", "llr", "residual", "upside-down"):
+    if statistic not in ("complexity", "llr", "residual", "upside-down", "orientation"):
         assert flagged_out >= 0.9 and flagged_in <= 0.25, (flagged_in, flagged_out)
 
 
@@ -264,19 +300,20 @@ def bars_model():
     return model.eval()
 
 
-@pytest.mark.parametrize("statistic", ["upside-down", "combined"])
+@pytest.mark.parametrize("statistic", ["upside-down", "orientation", "combined"])
 def test_images_turned_upside_down_are_flagged_and_calibration_holds(bars_model, statistic):
-    """The bars model knows up from down: its upside-down test flags flipped bars; combined keeps that power, and
-    its p-values on fresh in-distribution images stay uniform (the threshold's false-positive rate holds)."""
+    """The bars model knows up from down: its upside-down test and the orientation classifier flag flipped bars;
+    combined keeps that power, and its p-values on fresh in-distribution images stay uniform (the threshold's
+    false-positive rate holds)."""
     detector = OODDetector(bars_model, statistic, k=4, binarize="threshold", fpr=0.1).fit(bars(400, 1))
     inside, flipped = bars(200, 2), bars(200, 2).flip(1)
     assert detector.predict(flipped).mean() >= 0.9
     p = detector.p_values(inside)
     assert abs(p.mean() - 0.5) < 0.08 and detector.predict(inside).mean() <= 0.2
-    if statistic == "combined":  # the flipped bars fail the upside-down question, and both parts make the score
+    if statistic == "combined":  # the flipped bars fail the orientation question, and both parts make the score
         parts = detector.part_p_values(detector.values(detector.prepare(flipped)))
-        assert np.median(parts["p_upside_down"]) < 0.01
-        weighted = np.minimum(parts["p_typical"], np.minimum(1, 2 * parts["p_upside_down"]))
+        assert np.median(parts["p_orientation"]) < 0.01
+        weighted = np.minimum(parts["p_typical"], np.minimum(1, ORIENTATION_WEIGHT * parts["p_orientation"]))
         np.testing.assert_allclose(detector.score(flipped), -np.log(weighted), rtol=1e-12)
 
 
@@ -292,3 +329,21 @@ def test_the_command_line_offers_every_statistic_with_the_default_first():
     from vaelab.detection import DEFAULT_STATISTIC, STATISTICS
 
     assert sorted(STATISTIC_NAMES) == sorted(STATISTICS) and STATISTIC_NAMES[0] == DEFAULT_STATISTIC
+
+
+def test_pair_auroc_is_the_auroc_of_upright_against_upside_down_images():
+    from vaelab.detection import detection_metrics
+
+    logits = np.random.default_rng(3).normal(1.0, 2.0, size=500).round(1)  # ties too
+    assert stats.pair_auroc(logits) == pytest.approx(detection_metrics(-logits, logits)["auroc"], abs=1e-12)
+
+
+def test_the_gap_scale_is_chosen_by_held_out_orientation():
+    """With a gap that orients every image and pixels that are noise, the cross-validation picks the scale that
+    lets the gap's weight grow (the largest), and the classifier orients held-out images."""
+    rng = np.random.default_rng(4)
+    differences, gaps = rng.normal(size=(400, 30)), -np.abs(rng.normal(size=400))
+    classifier, scale = stats.OrientationClassifier.fit_selected(differences, gaps, penalty=1.0, gap_scales=(1e-3, 1.0))
+    assert scale == 1e-3 and classifier.gap_weight < 0
+    fresh_differences, fresh_gaps = rng.normal(size=(200, 30)), -np.abs(rng.normal(size=200))
+    assert stats.pair_auroc(classifier.logit(fresh_differences, fresh_gaps)) > 0.95

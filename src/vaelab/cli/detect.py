@@ -28,6 +28,7 @@ STATISTIC_NAMES = (  # vaelab.detection.STATISTICS, the default first
     "combined",
     "dose",
     "residual",
+    "orientation",
     "upside-down",
     "complexity",
     "nll",

@@ -152,3 +152,96 @@ class DensityOfStates:
         scale = math.sqrt(max(cov[target, target] - cov[target, given_] @ slopes, 1e-300))
         predicted = self.mean[target] + (features[:, given_] - self.mean[given_]) @ slopes
         return (features[:, target] - predicted) / scale
+
+
+class OrientationClassifier:
+    """logit P(upright | x) = w · (x - x↕) + a · gap(x): a logistic regression that tells an image from the same
+    image upside down (x↕), fitted on in-distribution images alone (Golan & El-Yaniv 2018's self-supervised
+    transformation classifier, linear and with the model's upside-down gap as one more feature).
+
+    Antisymmetric by construction: turning x over turns the sign of both features, so logit(x↕) = -logit(x), an
+    image equal to its own flip gets P = 1/2, and no intercept is needed. For the same reason the upside-down copy
+    of each fit image (label 0, features negated) adds the same loss term as the image itself (label 1): fitting on
+    the upright images alone is logistic regression on the balanced pair set."""
+
+    def __init__(self, weights: np.ndarray, gap_weight: float) -> None:
+        self.weights = np.asarray(weights, dtype=np.float64)  # (P,) on the pixel differences
+        self.gap_weight = float(gap_weight)
+
+    @classmethod
+    def fit(
+        cls, differences: np.ndarray, gaps: np.ndarray, penalty: float = 1e-4, gap_scale: float = 100.0
+    ) -> OrientationClassifier:
+        """differences (N, P) = x - x↕ of in-distribution images, gaps (N,) = upside_down_gap in nats: Newton's
+        method on mean softplus(-logit) + penalty / 2 (|w|² + (a gap_scale)²), so the ridge sees the gap in units
+        of gap_scale nats."""
+        features = np.concatenate(
+            [np.asarray(differences, np.float64), np.asarray(gaps, np.float64)[:, None] / gap_scale], axis=1
+        )
+        if features.shape[0] < 2:
+            raise VaelabError(f"the orientation classifier fits on at least 2 images, got {features.shape[0]}")
+        w = _penalized_logistic(features, penalty)
+        return cls(w[:-1], w[-1] / gap_scale)
+
+    @classmethod
+    def fit_selected(
+        cls,
+        differences: np.ndarray,
+        gaps: np.ndarray,
+        penalty: float = 1e-4,
+        gap_scales: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0),
+    ) -> tuple[OrientationClassifier, float]:
+        """`fit` with the gap_scale that orients held-out images best: two-fold cross-validation over
+        gap_scales (alternate images), each fold's classifier judged by the AUROC of its held-out images against
+        the same images upside down (pair_auroc). Returns the classifier fitted on all images, and the scale.
+        The weight the gap deserves beside the pixels differs by data (measured: MNIST 100 nats, Fashion-MNIST 10)."""
+        differences, gaps = np.asarray(differences, np.float64), np.asarray(gaps, np.float64)
+        folds = (np.arange(gaps.size) % 2 == 0, np.arange(gaps.size) % 2 == 1)
+        if min(fold.sum() for fold in folds) < 2:
+            return cls.fit(differences, gaps, penalty, gap_scales[0]), gap_scales[0]
+        measured = []
+        for scale in gap_scales:
+            held_out = []
+            for train, test in (folds, folds[::-1]):
+                fitted = cls.fit(differences[train], gaps[train], penalty, scale)
+                held_out.append(pair_auroc(fitted.logit(differences[test], gaps[test])))
+            measured.append(np.mean(held_out))
+        scale = gap_scales[int(np.argmax(measured))]
+        return cls.fit(differences, gaps, penalty, scale), scale
+
+    def logit(self, differences: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+        """log P(upright | x) / P(upside down | x) (N,) for differences (N, P) = x - x↕ and gaps (N,)."""
+        return np.asarray(differences, np.float64) @ self.weights + self.gap_weight * np.asarray(gaps, np.float64)
+
+
+def pair_auroc(logits: np.ndarray) -> float:
+    """AUROC of upright images against the same images upside down under an antisymmetric classifier, from the
+    upright images' logits s (N,): the fraction of pairs (i, j) with s_i > -s_j, ties counted half."""
+    s = np.sort(np.asarray(logits, np.float64))
+    below = np.searchsorted(s, -s, side="left")  # #{j: s_j < -s_i}
+    ties = np.searchsorted(s, -s, side="right") - below
+    return float((s.size - below - ties + 0.5 * ties).sum() / s.size**2)
+
+
+def _penalized_logistic(features: np.ndarray, penalty: float, iterations: int = 50) -> np.ndarray:
+    """argmin_w mean softplus(-features @ w) + penalty / 2 |w|² (F,) by Newton's method with backtracking."""
+    count, size = features.shape
+
+    def loss(w: np.ndarray) -> float:
+        return float(np.logaddexp(0.0, -(features @ w)).mean() + 0.5 * penalty * (w * w).sum())
+
+    w = np.zeros(size)
+    current = loss(w)
+    for _ in range(iterations):
+        upright = 0.5 * (1.0 + np.tanh(0.5 * (features @ w)))  # the sigmoid, without overflow
+        gradient = -features.T @ (1.0 - upright) / count + penalty * w
+        if np.abs(gradient).max() < 1e-10:
+            break
+        curvature = (features * (upright * (1.0 - upright))[:, None]).T @ features / count
+        step = np.linalg.solve(curvature + penalty * np.eye(size), gradient)
+        scale = 1.0
+        while scale > 1e-6 and loss(w - scale * step) > current:  # the loss never rises
+            scale *= 0.5
+        w = w - scale * step
+        current = loss(w)
+    return w
