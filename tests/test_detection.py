@@ -110,7 +110,7 @@ def test_orientation_fit_is_logistic_regression_on_the_images_and_their_flips():
     ridge = (w[:-1] ** 2).sum() + (4.0 * w[-1]) ** 2  # the gap's weight in units of gap_scale
     loss = torch.nn.functional.binary_cross_entropy_with_logits(both @ w, labels) + 0.5e-2 * ridge
     loss.backward()
-    assert w.grad.abs().max() < 1e-8
+    assert w.grad.abs().max() < 1e-6  # L-BFGS stops where the loss no longer changes in float64
 
 
 def test_conformal_p_values_are_uniform_on_exchangeable_scores_and_on_the_reference_itself():

@@ -58,7 +58,7 @@ FITTED_STATISTICS = ("typicality", *DENSITY_STATISTICS, "orientation")
 # quarters of the false-positive budget and orientation one quarter (docs/detection.md, "Combining").
 ORIENTATION_WEIGHT = 3.0
 # The orientation classifier's ridge on its pixel weights (the gap's scale under it is cross-validated): held-out
-# orientation AUROC moved by under 0.001 over 1e-5 .. 1e-3 on MNIST and Fashion-MNIST (docs/detection.md).
+# orientation AUROC on the calibration half moved by at most 0.0015 over 1e-5 .. 1e-3 on MNIST and Fashion-MNIST.
 ORIENTATION_PENALTY = 1e-4
 CODE_LENGTHS = (3, 4)  # the DoSE features' columns of zlib bits: of the binarized draw and of the stored image
 SCHEMA = {

@@ -11,6 +11,7 @@ import math
 import zlib
 
 import numpy as np
+import torch
 
 from vaelab.errors import VaelabError
 
@@ -172,9 +173,9 @@ class OrientationClassifier:
     def fit(
         cls, differences: np.ndarray, gaps: np.ndarray, penalty: float = 1e-4, gap_scale: float = 100.0
     ) -> OrientationClassifier:
-        """differences (N, P) = x - x↕ of in-distribution images, gaps (N,) = upside_down_gap in nats: Newton's
-        method on mean softplus(-logit) + penalty / 2 (|w|² + (a gap_scale)²), so the ridge sees the gap in units
-        of gap_scale nats."""
+        """differences (N, P) = x - x↕ of in-distribution images, gaps (N,) = upside_down_gap in nats: the minimum
+        of mean softplus(-logit) + penalty / 2 (|w|² + (a gap_scale)²), so the ridge sees the gap in units of
+        gap_scale nats."""
         features = np.concatenate(
             [np.asarray(differences, np.float64), np.asarray(gaps, np.float64)[:, None] / gap_scale], axis=1
         )
@@ -223,25 +224,27 @@ def pair_auroc(logits: np.ndarray) -> float:
     return float((s.size - below - ties + 0.5 * ties).sum() / s.size**2)
 
 
-def _penalized_logistic(features: np.ndarray, penalty: float, iterations: int = 50) -> np.ndarray:
-    """argmin_w mean softplus(-features @ w) + penalty / 2 |w|² (F,) by Newton's method with backtracking."""
-    count, size = features.shape
+def _penalized_logistic(features: np.ndarray, penalty: float) -> np.ndarray:
+    """argmin_w mean softplus(-features @ w) + penalty / 2 |w|² (F,): a strictly convex problem, solved by L-BFGS in
+    float64 (memory and time linear in F, so colour images of any size fit; Newton's F x F Hessian would not)."""
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [w],
+        lr=1.0,
+        max_iter=2000,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
-    def loss(w: np.ndarray) -> float:
-        return float(np.logaddexp(0.0, -(features @ w)).mean() + 0.5 * penalty * (w * w).sum())
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.softplus(-(x @ w)).mean() + 0.5 * penalty * (w * w).sum()
+        loss.backward()
+        return loss
 
-    w = np.zeros(size)
-    current = loss(w)
-    for _ in range(iterations):
-        upright = 0.5 * (1.0 + np.tanh(0.5 * (features @ w)))  # the sigmoid, without overflow
-        gradient = -features.T @ (1.0 - upright) / count + penalty * w
-        if np.abs(gradient).max() < 1e-10:
-            break
-        curvature = (features * (upright * (1.0 - upright))[:, None]).T @ features / count
-        step = np.linalg.solve(curvature + penalty * np.eye(size), gradient)
-        scale = 1.0
-        while scale > 1e-6 and loss(w - scale * step) > current:  # the loss never rises
-            scale *= 0.5
-        w = w - scale * step
-        current = loss(w)
-    return w
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return w.detach().numpy()
