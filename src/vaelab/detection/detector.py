@@ -152,17 +152,19 @@ class OODDetector:
 
     def values(self, grey: torch.Tensor, first_image: int = 0) -> dict[str, torch.Tensor]:
         """What the statistic needs of each image, grey pixels (N, P) in [0, 1] (`prepare`), the images
-        first_image .. of a set: float64 (N,) per name. A dynamically binarized model's values are averaged over
+        first_image .. of a set: float64 (N,) per name, and for the orientation classifier "pixels", the grey
+        image in 8 bits (N, P) uint8. A dynamically binarized model's values are averaged over
         `draws` Bernoulli draws of each image (one draw's likelihood and code length are noisy); every draw is
         seeded by image index, so these are the values `vaelab.evaluation.runner` shards and merges."""
-        grey_bits = stats.complexity_bits((grey * 255).round().to(torch.uint8).numpy())
+        stored = (grey * 255).round().to(torch.uint8)  # the image in 8 bits, as stored
+        grey_bits = stats.complexity_bits(stored.numpy())
         per_draw = [self._draw_values(self._binarized(grey, first_image, r), first_image) for r in range(self.draws)]
         averaged = {name: np.mean([draw[name] for draw in per_draw], axis=0) for name in per_draw[0]}
         if self.statistic in DENSITY_STATISTICS:
             averaged["bits_grey"] = grey_bits
         result = {name: torch.from_numpy(np.asarray(value, dtype=np.float64)) for name, value in averaged.items()}
         if self.statistic in ORIENTED_STATISTICS:  # the classifier's pixels, 8 bits each (N, P): small in shards
-            result["pixels"] = (grey * 255).round().to(torch.uint8)
+            result["pixels"] = stored
         return result
 
     def _binarized(self, grey: torch.Tensor, first_image: int, draw: int) -> torch.Tensor:
@@ -282,7 +284,8 @@ class OODDetector:
 
     def part_p_values(self, per_image: dict[str, Any]) -> dict[str, np.ndarray]:
         """For 'combined', which question an image fails: "p_typical" and "p_orientation" (N,), each part's
-        conformal p-value from the images' `values` (the score is -log min(p_typical, 2 p_orientation));
+        conformal p-value from the images' `values` (the score is -log min(p_typical, ORIENTATION_WEIGHT
+        p_orientation));
         {} for the other statistics."""
         self._require_fit()
         if self.statistic != "combined":
