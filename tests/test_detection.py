@@ -1,6 +1,7 @@
 """vaelab.detection: each statistic's defining property, and OODDetector's fit / score / predict / save / load
 on tiny synthetic images with tiny models."""
 
+import json
 import math
 import zlib
 
@@ -11,7 +12,7 @@ import torch
 from vaelab import OODDetector
 from vaelab.config import ModelSpec
 from vaelab.detection import statistics as stats
-from vaelab.detection.detector import ORIENTATION_WEIGHT
+from vaelab.detection.detector import ORIENTATION_WEIGHT, VERSION
 from vaelab.detection import values
 from vaelab.errors import VaelabError
 from vaelab.models import build_model
@@ -270,6 +271,13 @@ def test_refusals_name_the_fix(fitted_model, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(VaelabError, match="lacks"):
         OODDetector.load(tmp_path / "bad.json", fitted_model)
+    saved = json.loads(
+        OODDetector(fitted_model, "nll", k=2).fit(images("squares", 8, 0)).save(tmp_path / "d.json").read_text()
+    )
+    del saved["orientation"]
+    (tmp_path / "old.json").write_text(json.dumps({**saved, "version": VERSION - 1}))  # as the last version wrote it
+    with pytest.raises(VaelabError, match=f"detector of version {VERSION - 1}, not {VERSION}; fit a new detector"):
+        OODDetector.load(tmp_path / "old.json", fitted_model)
 
 
 def bars(count: int, seed: int) -> torch.Tensor:
@@ -347,3 +355,26 @@ def test_the_gap_scale_is_chosen_by_held_out_orientation():
     assert scale == 1e-3 and classifier.gap_weight < 0
     fresh_differences, fresh_gaps = rng.normal(size=(200, 30)), -np.abs(rng.normal(size=200))
     assert stats.pair_auroc(classifier.logit(fresh_differences, fresh_gaps)) > 0.95
+
+
+def test_orientation_turns_colour_images_over_along_their_height():
+    """A colour model (C, H, W) = (3, 6, 5): the classifier's difference is x - x flipped along H in every channel,
+    and where the channels' ink sits tells up from down, so flipped images are flagged."""
+    model = build_model(ModelSpec(image_shape=(3, 6, 5), latent_dims=(2,), hidden=(8,), depth=1))
+    generator = torch.Generator().manual_seed(5)
+
+    def lit(count: int) -> torch.Tensor:  # red above, blue below, a random row each, on faint noise
+        images = torch.randint(0, 30, (count, 3, 6, 5), generator=generator, dtype=torch.uint8)
+        rows = torch.randint(0, 2, (count,), generator=generator)
+        for image, row in zip(images, rows.tolist()):
+            image[0, row] = 220
+            image[2, 4 + row] = 220
+        return images
+
+    detector = OODDetector(model, "orientation", k=2, binarize="none").fit(lit(200))
+    images = lit(50)
+    v = {name: value.numpy().astype(np.float64) for name, value in detector.values(detector.prepare(images)).items()}
+    differences, _ = detector._orientation_inputs(v)
+    expected = (images.double() - images.flip(2).double()).reshape(50, -1).numpy() / 255
+    np.testing.assert_allclose(differences, expected, atol=1e-12)
+    assert detector.predict(images.flip(2)).mean() >= 0.9 and detector.predict(images).mean() <= 0.2

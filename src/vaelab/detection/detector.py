@@ -351,8 +351,11 @@ class OODDetector:
             state = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise VaelabError(f"cannot read detector {path}: {error}; {fix}") from None
+        if isinstance(state, dict) and state.get("format") == FORMAT and state.get("version") != VERSION:
+            # an older detector lacks newer fields: name its version, not the first missing field
+            raise VaelabError(f"{path} is a vaelab detector of version {state.get('version')}, not {VERSION}; {fix}")
         check_schema(state, SCHEMA, where=f"detector {path}", fix=fix)
-        if state["format"] != FORMAT or state["version"] != VERSION:
+        if state["format"] != FORMAT:
             raise VaelabError(f"{path} is not a vaelab detector of version {VERSION}; {fix}")
         if state["model_sha256"] != sha256_tensors(model.state_dict()):
             raise VaelabError(f"detector {path} was fitted for another model (its weights differ); {fix}")
