@@ -324,3 +324,23 @@ def test_file_names_are_quoted_and_bytes_that_are_not_utf8_written_as_hex(tmp_pa
     assert [row["file"] for row in rows] == ['a, "b"/new\nline.png', "c/\\xff.png"]
     saved = np.load(common.write_npz(tmp_path, "t", inputs, values, {}))
     assert saved["file"].tolist() == [row["file"] for row in rows] and saved["score"].tolist() == [0.5, 1.5]
+
+
+def test_an_array_without_a_split_is_scored_whole_and_in_order(tiny_run, tmp_path, capsys):
+    """A user's own .npy of images (no train/test parts) is one set to the use verbs: every image, in order, as the
+    Python API scores the same array; --split train names why there is none."""
+    run, _ = tiny_run
+    stack = np.random.default_rng(9).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "mine.npy", stack)
+    base = ["score", "--checkpoint", str(run), "--dataset", "array", "--data-dir", str(tmp_path / "mine.npy")]
+    run_ok([*base, "--k", "3", "--out", str(tmp_path / "all"), "--no-progress"], capsys)
+    rows = _rows(tmp_path / "all" / "scores.csv")
+    assert [int(row["index"]) for row in rows] == [0, 1, 2, 3, 4]
+    model, config = load_model(run / "checkpoint.pt")
+    api = vaelab.score(model, stack, ks=(3,), binarize=config.binarize, seed=0)
+    np.testing.assert_allclose([float(row["L_3"]) for row in rows], api["L_3"], rtol=1e-6)
+    run_refused(
+        [*base, "--split", "train", "--out", str(tmp_path / "t"), "--no-progress"],
+        capsys,
+        "the train split of array holds no images (a source without train/ and test/ parts is all test images)",
+    )

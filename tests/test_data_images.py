@@ -17,6 +17,7 @@ from conftest import run_ok
 from PIL import Image
 
 from vaelab import data
+from vaelab.config import TrainConfig
 from vaelab.data import Dataset, Split, pixels, write_idx
 from vaelab.data import images as image_source
 from vaelab.errors import VaelabError
@@ -569,3 +570,18 @@ def test_a_run_records_its_data_s_digests_and_resume_refuses_other_images(tmp_pa
         assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()] == ["epoch", "1"]
     finally:
         del os.environ["VAELAB_DATA"]
+
+
+def test_a_test_fraction_of_one_makes_every_image_a_test_image_in_order(tmp_path):
+    """The use verbs read another data set without its own split whole: test_fraction 1, every image in the test
+    split in the source's order, none to train on (training itself keeps test_fraction below 1)."""
+    stack = np.stack(_random(5, (4, 4), seed=7))
+    np.save(tmp_path / "images.npy", stack)
+    whole = _load("array", tmp_path / "images.npy", tmp_path, test_fraction=1.0)
+    assert whole.train.images.shape[0] == 0
+    np.testing.assert_array_equal(whole.test.images.numpy()[:, 0], stack)
+    folder = _png_folder(tmp_path / "photos", {"": _random(3, (4, 4), seed=8)})
+    files = _load("folder", folder, tmp_path, test_fraction=1.0).test.names
+    assert files == tuple(sorted(files)) and len(files) == 3
+    with pytest.raises(VaelabError, match=r"\[0, 1\)"):
+        TrainConfig(test_fraction=1.0)

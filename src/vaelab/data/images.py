@@ -125,11 +125,12 @@ def load_images(
     """The images of `path` (kind "folder" or "array") as (N, C, H, W) uint8, converted into the cache once.
 
     image_size S > 0: the shorter side resized to S (bilinear, antialiased) and centre-cropped to S x S;
-    test_fraction and seed: the held-out share of a source without its own train and test parts.
+    test_fraction and seed: the held-out share of a source without its own train and test parts; 1 makes every
+    image a test image, in the source's order (a set to encode or score, not to train on).
     """
     if image_size < 0:
         raise VaelabError(f"--image-size must be >= 0 (got {image_size}); 0 keeps the stored size")
-    if not 0 <= test_fraction < 1:
+    if not 0 <= test_fraction <= 1:
         raise VaelabError(f"--test-fraction must be in [0, 1) (got {test_fraction}); e.g. 0.1")
     path = Path(path).expanduser()
     if kind == "folder":
@@ -704,6 +705,8 @@ def _held_out(count: int, settings: dict, where: str) -> np.ndarray:
             f"{where}: {count} images with no train/test split; pass --test-fraction F (e.g. 0.1) or make train/ and "
             "test/ subfolders"
         )
+    if test_fraction == 1:  # the whole source is one set to use, not to train on
+        return np.ones(count, dtype=bool)
     n_test = max(1, round(test_fraction * count))
     if n_test >= count:
         raise VaelabError(f"--test-fraction {test_fraction} of {count} images leaves none to train on; lower it")

@@ -71,14 +71,15 @@ def select_images(
             seed=config.seed,
             progress=False,
         )
-    else:
-        loaded = load_dataset(name, data_dir, image_size=image_size or 0, progress=False)
+    else:  # another data set: a source without its own train and test parts is one test split, in order
+        loaded = load_dataset(name, data_dir, image_size=image_size or 0, test_fraction=1.0, progress=False)
     # validation: the last validation_size training images, as training held them out
     part = loaded.train if split == "validation" else getattr(loaded, split)
     rows = slice(-config.validation_size, None) if split == "validation" else slice(None)
     images, labels, names = _rows((part.images, part.labels, part.names), rows)
     if images.shape[0] == 0:
-        raise VaelabError(f"the {split} split of {name} holds no images; choose another --split or --dataset")
+        whole = " (a source without train/ and test/ parts is all test images)" if not own and split == "train" else ""
+        raise VaelabError(f"the {split} split of {name} holds no images{whole}; choose another --split or --dataset")
     if size:
         if size > images.shape[0]:
             raise VaelabError(
