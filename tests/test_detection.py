@@ -266,6 +266,8 @@ def test_refusals_name_the_fix(fitted_model, tmp_path):
         OODDetector(fitted_model, "entropy")
     with pytest.raises(VaelabError, match="two stochastic layers"):
         OODDetector(build_model(ONE_LAYER), "llr")
+    with pytest.raises(VaelabError, match="'combined' fits on at least 14 images .* got 13; fit on more images"):
+        OODDetector(fitted_model, k=2).fit(images("squares", 13, 0))
     with pytest.raises(VaelabError, match="not fitted"):
         OODDetector(fitted_model).score(images("squares", 2, 0))
     (tmp_path / "bad.json").write_text("{}")

@@ -61,6 +61,7 @@ ORIENTATION_WEIGHT = 3.0
 # orientation AUROC on the calibration half moved by at most 0.0015 over 1e-5 .. 1e-3 on MNIST and Fashion-MNIST.
 ORIENTATION_PENALTY = 1e-4
 CODE_LENGTHS = (3, 4)  # the DoSE features' columns of zlib bits: of the binarized draw and of the stored image
+DOSE_FEATURES = 6  # -L_k, -E_q log p(x|z), KL, the two code lengths, -L_k per code bit (_features)
 SCHEMA = {
     "format": str,
     "version": int,
@@ -246,8 +247,13 @@ class OODDetector:
         v = {name: np.asarray(value, dtype=np.float64) for name, value in per_image.items()}
         count = next(iter(v.values())).shape[0]
         if self.statistic in FITTED_STATISTICS:
-            if count < 4:
-                raise VaelabError(f"statistic {self.statistic!r} fits on at least 4 images, got {count}")
+            # DoSE's Gaussian over its 6 features needs more images than features in its half
+            least = 2 * (DOSE_FEATURES + 1) if self.statistic in DENSITY_STATISTICS else 4
+            if count < least:
+                raise VaelabError(
+                    f"statistic {self.statistic!r} fits on at least {least} images (half fit it, half calibrate "
+                    f"it), got {count}; fit on more images"
+                )
             # A density (or a mean) fitted on one half, the threshold calibrated on the other: scores of the images
             # a density was fitted on would be too low.
             order = np.random.default_rng(self.seed).permutation(count)
