@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vaelab.errors import VaelabError
+from vaelab.optim import lbfgs_minimum
 
 LOG2 = math.log(2.0)
 
@@ -229,23 +230,9 @@ def _penalized_logistic(features: np.ndarray, penalty: float) -> np.ndarray:
     """argmin_w mean softplus(-features @ w) + penalty / 2 |w|² (F,): a strictly convex problem, solved by L-BFGS in
     float64 (memory and time linear in F, so colour images of any size fit; Newton's F x F Hessian would not)."""
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float64))
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [w],
-        lr=1.0,
-        max_iter=2000,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.softplus(-(x @ w)).mean() + 0.5 * penalty * (w * w).sum()
-        loss.backward()
-        return loss
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.softplus(-(x @ w)).mean() + 0.5 * penalty * (w * w).sum()
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return w.detach().numpy()
+    start = torch.zeros(x.shape[1], dtype=torch.float64)
+    return lbfgs_minimum(loss, start, max_iter=2000, tolerance_grad=1e-10, tolerance_change=1e-14).numpy()

@@ -14,6 +14,7 @@ import torch
 
 from vaelab.errors import VaelabError
 from vaelab.laplace.common import DTYPE, LOG_2PI, _positive_finite
+from vaelab.optim import lbfgs_minimum
 
 __all__ = ["LaplaceResultND", "gaussian_log_evidence", "laplace_integral_nd"]
 
@@ -185,26 +186,7 @@ def _newton_maximise(f: Callable, x: torch.Tensor, M: float, max_steps: int, tol
 
 def _lbfgs_ascent(f: Callable, x: torch.Tensor) -> torch.Tensor:
     """Maximise f from x with L-BFGS (strong Wolfe line search), which needs no concavity."""
-    point = x.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [point],
-        lr=1.0,
-        max_iter=500,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def negative_f() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = -f(point)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(negative_f)
-    result = point.detach()
+    result = lbfgs_minimum(lambda point: -f(point), x, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15)
     if not bool(torch.isfinite(result).all()):
         raise VaelabError(
             "L-BFGS ran off to non-finite x while looking for the maximum of f: f may be unbounded "
