@@ -353,8 +353,8 @@ def test_the_gap_scale_is_chosen_by_held_out_orientation():
     lets the gap's weight grow (the largest), and the classifier orients held-out images."""
     rng = np.random.default_rng(4)
     differences, gaps = rng.normal(size=(400, 30)), -np.abs(rng.normal(size=400))
-    classifier, scale = stats.OrientationClassifier.fit_selected(differences, gaps, penalty=1.0, gap_scales=(1e-3, 1.0))
-    assert scale == 1e-3 and classifier.gap_weight < 0
+    classifier = stats.OrientationClassifier.fit_selected(differences, gaps, penalty=1.0, gap_scales=(1e-3, 1.0))
+    assert classifier.gap_scale == 1e-3 and classifier.gap_weight < 0
     fresh_differences, fresh_gaps = rng.normal(size=(200, 30)), -np.abs(rng.normal(size=200))
     assert stats.pair_auroc(classifier.logit(fresh_differences, fresh_gaps)) > 0.95
 

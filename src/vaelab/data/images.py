@@ -131,7 +131,7 @@ def load_images(
     if image_size < 0:
         raise VaelabError(f"--image-size must be >= 0 (got {image_size}); 0 keeps the stored size")
     if not 0 <= test_fraction <= 1:
-        raise VaelabError(f"--test-fraction must be in [0, 1) (got {test_fraction}); e.g. 0.1")
+        raise VaelabError(f"--test-fraction must be in [0, 1] (got {test_fraction}); e.g. 0.1")
     path = Path(path).expanduser()
     if kind == "folder":
         source: _FolderSource | _ArraySource = _FolderSource(path)

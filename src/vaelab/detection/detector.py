@@ -138,7 +138,6 @@ class OODDetector:
         self.entropy = float("nan")  # mean -L_k on the fit images (typicality)
         self.density: stats.DensityOfStates | None = None
         self.orientation: stats.OrientationClassifier | None = None
-        self.gap_scale = float("nan")  # the orientation classifier's cross-validated ridge scale of the gap (nats)
         self.references: dict[str, np.ndarray] = {}  # "combined": each component's sorted calibration scores
         self.seconds_per_image = float("nan")  # the last score() call's time per image
 
@@ -263,9 +262,7 @@ class OODDetector:
                 self.density = stats.DensityOfStates.fit(self._features(v)[fit_half])
             if self.statistic in ORIENTED_STATISTICS:
                 differences, gaps = self._orientation_inputs({name: v[name][fit_half] for name in v})
-                self.orientation, self.gap_scale = stats.OrientationClassifier.fit_selected(
-                    differences, gaps, ORIENTATION_PENALTY
-                )
+                self.orientation = stats.OrientationClassifier.fit_selected(differences, gaps, ORIENTATION_PENALTY)
             v = {name: value[calibrate] for name, value in v.items()}
         if self.statistic == "combined":  # each part's p-values are taken against the calibration images'
             self.references = {part: np.sort(self._statistic(v, part)) for part in COMPONENTS}
@@ -343,7 +340,7 @@ class OODDetector:
             else {
                 "weights": self.orientation.weights.tolist(),
                 "gap_weight": self.orientation.gap_weight,
-                "gap_scale": self.gap_scale,
+                "gap_scale": self.orientation.gap_scale,
             },
             "references": {part: scores.tolist() for part, scores in self.references.items()},
         }
@@ -380,8 +377,9 @@ class OODDetector:
         if state["density"] is not None:
             detector.density = stats.DensityOfStates(state["density"]["mean"], state["density"]["covariance"])
         if state["orientation"] is not None:
-            weights, gap_weight = state["orientation"]["weights"], state["orientation"]["gap_weight"]
-            detector.orientation = stats.OrientationClassifier(weights, gap_weight)
-            detector.gap_scale = float(state["orientation"]["gap_scale"])
+            saved = state["orientation"]
+            detector.orientation = stats.OrientationClassifier(
+                saved["weights"], saved["gap_weight"], saved["gap_scale"]
+            )
         detector.references = {part: np.asarray(scores, np.float64) for part, scores in state["references"].items()}
         return detector
